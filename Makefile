@@ -1,0 +1,34 @@
+# Set-up and entry points. Everything installs into .venv; nothing is needed beforehand but python3.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+HOST    ?= 127.0.0.1
+PORT    ?= 8080
+CONFIG  ?= model_configs/demo.yaml
+
+.PHONY: venv run test check clean
+
+venv: $(STAMP)
+
+# torch first (CPU build from the local wheel cache), so no dependency drags in a CUDA build.
+# sie-sdk declares Python 3.12; on 3.11 it works with numpy<2.5 and --ignore-requires-python.
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --ignore-requires-python sie-sdk
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/python launch.py --config $(CONFIG) --host $(HOST) --port $(PORT)
+
+check: venv
+	$(BIN)/python launch.py check --config $(CONFIG)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache

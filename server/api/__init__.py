@@ -1,0 +1,1 @@
+"""HTTP edge: FastAPI app, wire formats (msgpack / JSON) and request schemas."""

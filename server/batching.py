@@ -1,0 +1,161 @@
+"""Continuous batcher: rows from all requests -> mixed-adapter forward batches, one at a time.
+
+A batch always contains the oldest waiting row (first come, first served: nothing starves) and is
+filled from a look-ahead window with the rows closest in length to it (less padding), within the
+padded-token budget and at most `max_loras_per_batch` distinct adapters (base counts as one).
+Rows of other adapters wait for the next batch. The forward runs off the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable, Sequence
+
+import numpy as np
+
+from server import errors
+from server.backends.base import TokenBatch
+
+log = logging.getLogger(__name__)
+LOOKAHEAD = 2048
+
+
+@dataclass(frozen=True)
+class BatchLimits:
+    max_batch_tokens: int
+    max_batch_wait_ms: float
+    max_loras_per_batch: int
+    max_queue_items: int
+
+
+@dataclass(frozen=True)
+class RowResult:
+    vector: np.ndarray
+    batch_id: int
+    started: float
+    finished: float
+
+
+@dataclass(eq=False)
+class _Row:
+    ids: Sequence[int]
+    adapter: str | None
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+
+
+def plan_batch(lengths: Sequence[int], adapters: Sequence[str | None], *, max_tokens: int,
+               max_adapters: int) -> list[int]:
+    """Indices (into the waiting rows, oldest first) of the next batch; always includes index 0."""
+    head_len = lengths[0]
+    chosen, longest, distinct = [0], head_len, {adapters[0]}
+    window = range(1, min(len(lengths), LOOKAHEAD))
+    for i in sorted(window, key=lambda j: (abs(lengths[j] - head_len), j)):
+        new_longest = max(longest, lengths[i])
+        if (len(chosen) + 1) * new_longest > max_tokens:
+            continue
+        if adapters[i] not in distinct:
+            if len(distinct) >= max_adapters:
+                continue
+            distinct.add(adapters[i])
+        chosen.append(i)
+        longest = new_longest
+    return sorted(chosen)
+
+
+class Batcher:
+    def __init__(self, run: Callable[[TokenBatch], Awaitable[np.ndarray]], limits: BatchLimits, name: str = ""):
+        self._run = run
+        self.limits = limits
+        self.name = name
+        self._waiting: list[_Row] = []
+        self._waiting_tokens = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._batches = 0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._waiting)
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for row in self._waiting:
+            if not row.future.done():
+                row.future.set_exception(errors.ApiError(503, "SHUTTING_DOWN", "the server is shutting down",
+                                                         {"Retry-After": "1"}))
+        self._waiting.clear()
+
+    def submit(self, input_ids: Sequence[Sequence[int]], adapter: str | None) -> list[asyncio.Future]:
+        """Queue one request's rows; refuses the whole request when the queue would overflow."""
+        if len(self._waiting) + len(input_ids) > self.limits.max_queue_items:
+            raise errors.queue_full(f"queue holds {len(self._waiting)} items (limit {self.limits.max_queue_items})")
+        loop = asyncio.get_running_loop()
+        rows = [_Row(ids, adapter, loop.create_future()) for ids in input_ids]
+        self._waiting.extend(rows)
+        self._waiting_tokens += sum(len(ids) for ids in input_ids)
+        self._wakeup.set()
+        return [row.future for row in rows]
+
+    def _take_batch(self) -> list[_Row]:
+        live = [row for row in self._waiting if not row.future.done()]  # cancelled by a gone client
+        chosen = set(plan_batch([len(r.ids) for r in live], [r.adapter for r in live],
+                                max_tokens=self.limits.max_batch_tokens,
+                                max_adapters=self.limits.max_loras_per_batch)) if live else set()
+        batch = [row for i, row in enumerate(live) if i in chosen]
+        self._waiting = [row for i, row in enumerate(live) if i not in chosen]
+        self._waiting_tokens = sum(len(r.ids) for r in self._waiting)
+        return batch
+
+    async def _fill_or_deadline(self) -> None:
+        deadline = self._waiting[0].enqueued + self.limits.max_batch_wait_ms / 1000.0
+        while self._waiting_tokens < self.limits.max_batch_tokens:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._waiting:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            await self._fill_or_deadline()
+            batch = self._take_batch()
+            if batch:
+                await self._execute(batch)
+
+    async def _execute(self, batch: list[_Row]) -> None:
+        self._batches += 1
+        batch_id = self._batches
+        started = time.perf_counter()
+        try:
+            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.adapter for r in batch]))
+        except Exception as exc:  # fail this batch's rows only; the loop keeps serving
+            log.exception("%s: batch %d of %d rows failed", self.name, batch_id, len(batch))
+            for row in batch:
+                if not row.future.done():
+                    row.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        for row, vector in zip(batch, vectors):
+            if not row.future.done():
+                row.future.set_result(RowResult(vector, batch_id, started, finished))

@@ -1,0 +1,76 @@
+"""Command line: `launch.py [serve] --config ...` serves; `launch.py check --config ...` validates only."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from server.config import ENGINE_FIELDS, ConfigError, load_engine_config, load_model_config
+from server.lora.peft_format import AdapterError
+from server.sources import SourceError
+
+log = logging.getLogger("launch")
+USER_ERRORS = (ConfigError, AdapterError, SourceError)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server")
+    parser.add_argument("command", nargs="?", choices=["serve", "check"], default="serve")
+    parser.add_argument("--config", action="append", required=True, help="model YAML (repeat for several models)")
+    parser.add_argument("--engine-config", help="engine.yaml with server-wide settings")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--backend", choices=["auto", "torch", "sglang"], help="override each model's 'adapter'")
+    parser.add_argument("--log-level", default="info")
+    for name in ENGINE_FIELDS:
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    return parser
+
+
+def _load(args: argparse.Namespace):
+    engine = load_engine_config(args.engine_config, overrides={k: getattr(args, k) for k in ENGINE_FIELDS})
+    models = [load_model_config(path) for path in args.config]
+    names = [m.name for m in models]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise ConfigError(f"model name(s) served twice: {', '.join(sorted(duplicates))}")
+    return engine, models
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from server.preflight import check_model
+
+    try:
+        engine, models = _load(args)
+        for model in models:
+            log.info("checking %s (%s)", model.name, model.source_file)
+            for line in check_model(model, engine):
+                print(line, flush=True)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    if args.command == "check":
+        print("ok", flush=True)
+        return 0
+    return serve(args, engine, models)
+
+
+def serve(args: argparse.Namespace, engine, models) -> int:
+    import uvicorn
+
+    from server.api.app import create_app
+    from server.backends import create_backend, pick_device, resolve_backend_kind
+    from server.engine import ModelEngine
+
+    device = pick_device(engine.device)
+    engines = {}
+    for model in models:
+        kind = resolve_backend_kind(args.backend or model.adapter, device)
+        log.info("model %s: backend %s on %s", model.name, kind, device)
+        engines[model.name] = ModelEngine(model, engine, create_backend(kind, model, engine, device))
+    app = create_app(engines, engine)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    return 0

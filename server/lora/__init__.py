@@ -1,0 +1,1 @@
+"""LoRA adapters: PEFT folder loading/validation and the mixed-adapter linear layer."""

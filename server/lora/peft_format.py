@@ -1,0 +1,172 @@
+"""Read and validate a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors).
+
+Every rejection names the adapter and the reason; shapes are checked against the base model's
+linear layers, given as {module path: (in_features, out_features)}.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from safetensors import safe_open
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B)(?:\.[^.]+)?\.weight$")
+_PREFIXES = ("base_model.model.",)
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be served; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class LoraModule:
+    """One adapted linear: `y += scaling * (x @ a.T) @ b.T`."""
+
+    a: torch.Tensor  # [r, in]
+    b: torch.Tensor  # [out, r]
+    scaling: float
+
+    @property
+    def rank(self) -> int:
+        return self.a.shape[0]
+
+
+@dataclass(frozen=True)
+class LoraAdapter:
+    """A validated adapter, keyed by the base model's module paths (e.g. `layers.0.self_attn.q_proj`)."""
+
+    name: str
+    source: str
+    modules: Mapping[str, LoraModule]
+
+    @property
+    def rank(self) -> int:
+        return max(m.rank for m in self.modules.values())
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return tuple(sorted({path.rsplit(".", 1)[-1] for path in self.modules}))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(m.a.numel() * m.a.element_size() + m.b.numel() * m.b.element_size()
+                   for m in self.modules.values())
+
+
+def _fail(name: str, reason: str) -> AdapterError:
+    return AdapterError(f"adapter {name!r}: {reason}")
+
+
+def read_adapter_config(name: str, folder: Path) -> dict:
+    if not folder.is_dir():
+        raise _fail(name, f"folder {str(folder)!r} does not exist")
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise _fail(name, f"{CONFIG_FILE} missing in {str(folder)!r}")
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise _fail(name, f"{CONFIG_FILE} is not valid JSON ({exc})") from None
+    if not isinstance(config, dict):
+        raise _fail(name, f"{CONFIG_FILE} must hold a JSON object")
+    return config
+
+
+def _check_config(name: str, config: dict, max_rank: int) -> None:
+    peft_type = str(config.get("peft_type", "LORA")).upper()
+    if peft_type != "LORA":
+        raise _fail(name, f"peft_type {peft_type} is not supported (only LORA)")
+    if config.get("use_dora"):
+        raise _fail(name, "DoRA adapters (use_dora: true) are not supported")
+    if config.get("bias", "none") != "none":
+        raise _fail(name, f"bias={config.get('bias')!r} is not supported (only 'none')")
+    if config.get("modules_to_save"):
+        raise _fail(name, f"modules_to_save {config['modules_to_save']} is not supported")
+    ranks = [int(config.get("r", 8)), *map(int, (config.get("rank_pattern") or {}).values())]
+    if max(ranks) > max_rank:
+        raise _fail(name, f"rank {max(ranks)} exceeds max_lora_rank {max_rank}")
+
+
+def _pattern_value(patterns: Mapping[str, float], module: str, default: float) -> float:
+    """PEFT's rank_pattern / alpha_pattern lookup: the first pattern matching a suffix of the path."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def _module_path(name: str, key: str, base_shapes: Mapping[str, tuple[int, int]]) -> tuple[str, str]:
+    match = _KEY.match(key)
+    if match is None:
+        raise _fail(name, f"unexpected tensor {key!r} (only lora_A / lora_B weights are supported)")
+    path = match["module"]
+    for prefix in _PREFIXES:
+        if path.startswith(prefix):
+            path = path[len(prefix):]
+    # Adapters trained on a *ForCausalLM carry one more `model.` than the bare encoder has.
+    if path not in base_shapes and path.startswith("model.") and path[len("model."):] in base_shapes:
+        path = path[len("model."):]
+    if path not in base_shapes:
+        raise _fail(name, f"target module {path!r} does not exist in the base model (or is not a Linear)")
+    return path, match["kind"]
+
+
+def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str, tuple[int, int]],
+                      max_rank: int, dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu") -> LoraAdapter:
+    """Load, validate and convert one PEFT adapter; raises AdapterError naming the problem."""
+    folder = Path(folder)
+    config = read_adapter_config(name, folder)
+    _check_config(name, config, max_rank)
+    weights_path = folder / WEIGHTS_FILE
+    if not weights_path.is_file():
+        if any(folder.glob("*.bin")):
+            raise _fail(name, "only .bin (pickle) weights found; pickles are refused, convert to safetensors")
+        raise _fail(name, f"{WEIGHTS_FILE} missing in {str(folder)!r}")
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    try:
+        with safe_open(str(weights_path), framework="pt") as handle:
+            for key in handle.keys():
+                path, kind = _module_path(name, key, base_shapes)
+                pairs.setdefault(path, {})[kind] = handle.get_tensor(key)
+    except AdapterError:
+        raise
+    except Exception as exc:  # safetensors raises its own error types for corrupt files
+        raise _fail(name, f"cannot read {WEIGHTS_FILE}: {exc}") from None
+    if not pairs:
+        raise _fail(name, f"{WEIGHTS_FILE} holds no LoRA weights")
+    alpha = float(config.get("lora_alpha", 8))
+    rank_pattern = config.get("rank_pattern") or {}
+    alpha_pattern = config.get("alpha_pattern") or {}
+    modules: dict[str, LoraModule] = {}
+    for path, tensors in sorted(pairs.items()):
+        if set(tensors) != {"A", "B"}:
+            raise _fail(name, f"module {path!r} has lora_{''.join(tensors)} but not both lora_A and lora_B")
+        a, b = tensors["A"], tensors["B"]
+        in_features, out_features = base_shapes[path]
+        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+            raise _fail(name, f"module {path!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not pair")
+        if a.shape[1] != in_features or b.shape[0] != out_features:
+            raise _fail(name, f"module {path!r}: shapes lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)} do not fit "
+                              f"the base layer ({in_features} -> {out_features}); wrong base model?")
+        rank = a.shape[0]
+        if rank > max_rank:
+            raise _fail(name, f"module {path!r} has rank {rank}, over max_lora_rank {max_rank}")
+        if rank != int(_pattern_value(rank_pattern, path, config.get("r", rank))):
+            raise _fail(name, f"module {path!r} has rank {rank} but adapter_config.json says "
+                              f"{_pattern_value(rank_pattern, path, config.get('r', rank))}")
+        module_alpha = float(_pattern_value(alpha_pattern, path, alpha))
+        scaling = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
+        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+            raise _fail(name, f"module {path!r} holds NaN or infinite weights")
+        modules[path] = LoraModule(a=a.to(device=device, dtype=dtype).contiguous(),
+                                   b=b.to(device=device, dtype=dtype).contiguous(), scaling=scaling)
+    return LoraAdapter(name=name, source=str(folder), modules=modules)

@@ -1,0 +1,43 @@
+"""Turn a model or adapter source (builtin:, local folder, hub id) into a local folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.demo_assets import BUILTIN_PREFIX, ensure_builtin
+
+MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+ADAPTER_FILES = ["adapter_config.json", "*.safetensors"]  # safetensors only: pickles are never fetched
+
+
+class SourceError(ValueError):
+    """A source that cannot be turned into a local folder."""
+
+
+def _looks_local(source: str) -> bool:
+    return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
+
+
+def resolve_source(source: str, *, kind: str = "model") -> Path:
+    if source.startswith(BUILTIN_PREFIX):
+        try:
+            return ensure_builtin(source)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+    if _looks_local(source):
+        folder = Path(source).expanduser().resolve()
+        if not folder.is_dir():
+            raise SourceError(f"{kind} folder {str(folder)!r} does not exist")
+        return folder
+    from huggingface_hub import snapshot_download
+
+    patterns = ADAPTER_FILES if kind == "adapter" else MODEL_FILES
+    try:
+        return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=True))
+    except Exception:
+        pass
+    try:
+        return Path(snapshot_download(source, allow_patterns=patterns))
+    except Exception as exc:
+        raise SourceError(f"cannot fetch {kind} {source!r} from the Hugging Face hub "
+                          f"({type(exc).__name__}); download it beforehand or give a local folder") from None

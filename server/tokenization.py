@@ -1,0 +1,67 @@
+"""Server-side tokenisation: query template, pooling EOS appended, truncation that keeps the EOS."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from server import errors
+
+OVERFLOW_POLICIES = ("truncate", "error")
+
+
+@dataclass(frozen=True)
+class Tokenized:
+    input_ids: list[list[int]]
+    truncated: list[bool]
+
+    @property
+    def token_count(self) -> int:
+        return sum(len(ids) for ids in self.input_ids)
+
+
+class TextTokenizer:
+    """Wraps a Hugging Face tokenizer; every row ends with exactly one pooling EOS."""
+
+    def __init__(self, hf_tokenizer, *, max_seq_len: int, query_template: str,
+                 default_instruction: str | None, eos_token: str | None = None):
+        self.hf = hf_tokenizer
+        self.max_seq_len = max_seq_len
+        self.query_template = query_template
+        self.default_instruction = default_instruction
+        self.eos_id = self._find_eos(hf_tokenizer, eos_token)
+
+    @staticmethod
+    def _find_eos(tokenizer, eos_token: str | None) -> int:
+        # Qwen3-Embedding pools on <|endoftext|> even where the tokenizer's eos_token is <|im_end|>.
+        for candidate in (eos_token, "<|endoftext|>", tokenizer.eos_token):
+            if candidate is None:
+                continue
+            token_id = tokenizer.convert_tokens_to_ids(candidate)
+            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+                return token_id
+            if eos_token is not None and candidate == eos_token:
+                raise ValueError(f"eos_token {eos_token!r} is not in the tokenizer's vocabulary")
+        raise ValueError("the tokenizer has no EOS token; set 'eos_token' in the model config")
+
+    def render(self, text: str, *, is_query: bool, instruction: str | None) -> str:
+        """Queries get the template (with the instruction); documents stay raw."""
+        if not is_query:
+            return text
+        chosen = instruction if instruction is not None else (self.default_instruction or "")
+        return self.query_template.replace("{instruction}", chosen).replace("{text}", text)
+
+    def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate", limit: int | None = None) -> Tokenized:
+        max_len = min(self.max_seq_len, limit) if limit else self.max_seq_len
+        encoded = self.hf(list(texts), add_special_tokens=True, return_attention_mask=False)["input_ids"]
+        rows, truncated = [], []
+        for index, ids in enumerate(encoded):
+            content = ids[:-1] if ids and ids[-1] == self.eos_id else ids
+            cut = len(content) + 1 > max_len
+            if cut and overflow == "error":
+                raise errors.input_too_long(
+                    f"item {index} has {len(content) + 1} tokens, over the limit of {max_len} "
+                    "(overflow_policy is 'error'; use 'truncate' to cut it)")
+            rows.append((content[:max_len - 1] if cut else content) + [self.eos_id])
+            truncated.append(cut)
+        return Tokenized(rows, truncated)
