@@ -1,0 +1,146 @@
+"""Shared fixtures: offline demo assets, a started torch backend, a PEFT reference and live servers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_YAML = REPO / "model_configs" / "demo.yaml"
+DEMO_MODEL = "demo/qwen3-tiny"
+
+
+def pytest_configure(config):
+    # Every test session builds its own offline assets unless the caller points at a cache.
+    os.environ.setdefault("MLE_CACHE_DIR", tempfile.mkdtemp(prefix="mle-test-cache-"))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def demo_config():
+    from server.config import load_model_config
+
+    return load_model_config(DEMO_YAML)
+
+
+@pytest.fixture(scope="session")
+def demo_dirs(demo_config):
+    """{'model': folder, '<adapter>': folder, ...} for the demo model and all demo adapters."""
+    from server.demo_assets import DEMO_ADAPTERS, ensure_builtin
+
+    dirs = {"model": ensure_builtin("builtin:qwen3-tiny")}
+    for name in DEMO_ADAPTERS:
+        dirs[name] = ensure_builtin(f"builtin:qwen3-tiny/{name}")
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def torch_backend(demo_config, demo_dirs):
+    from server.backends.torch_backend import TorchBackend
+    from server.config import EngineConfig
+
+    backend = TorchBackend(demo_config, EngineConfig(), "cpu")
+    backend.start()
+    yield backend
+    backend.close()
+
+
+@pytest.fixture(scope="session")
+def peft_reference(demo_dirs):
+    """embed(ids, adapter) -> last-token vector from PEFT (PeftModel with that adapter), unnormalised."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32).eval()
+    model = PeftModel.from_pretrained(base, demo_dirs["legal"], adapter_name="legal")
+    for name in ("medical", "finance"):
+        model.load_adapter(demo_dirs[name], adapter_name=name)
+    model.eval()
+
+    @torch.no_grad()
+    def embed(ids: list[int], adapter: str | None):
+        inputs = torch.tensor([ids])
+        if adapter is None:
+            with model.disable_adapter():
+                hidden = model(input_ids=inputs).last_hidden_state
+        else:
+            model.set_adapter(adapter)
+            hidden = model(input_ids=inputs).last_hidden_state
+        return hidden[0, -1].numpy()
+
+    embed.model = model
+    return embed
+
+
+class LiveServer:
+    """uvicorn serving an app on a free loopback port in a background thread."""
+
+    def __init__(self, app):
+        import uvicorn
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def build_app(model_config, *, backend=None, **engine_settings):
+    from server.api.app import create_app
+    from server.backends.torch_backend import TorchBackend
+    from server.config import EngineConfig
+    from server.engine import ModelEngine
+
+    settings = EngineConfig(**engine_settings)
+    backend = backend or TorchBackend(model_config, settings, "cpu")
+    engine = ModelEngine(model_config, settings, backend)
+    return create_app({model_config.name: engine}, settings, load_in_background=False), engine
+
+
+def wait_ready(url: str, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_config, demo_dirs):
+    """The demo model served over real HTTP on loopback (in-process uvicorn thread)."""
+    app, _ = build_app(demo_config)
+    with LiveServer(app) as live:
+        wait_ready(live.url)
+        yield live
