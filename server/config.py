@@ -70,12 +70,12 @@ class AdapterOptions:
                  "max_loras_per_batch must be >= 1")
         _require("adapter_options_loadtime", self.max_lora_rank >= 1, "max_lora_rank must be >= 1")
         for name in self.lora_paths:
-            _require("adapter_options_loadtime.lora_paths", _valid_adapter_name(name),
+            _require("adapter_options_loadtime.lora_paths", valid_adapter_name(name),
                      f"adapter name {name!r} must be 1-128 characters of letters, digits, '-', '_', '.'"
                      " and must not contain ':' or '/'")
 
 
-def _valid_adapter_name(name: str) -> bool:
+def valid_adapter_name(name: str) -> bool:
     return (isinstance(name, str) and 0 < len(name) <= 128 and ":" not in name and "/" not in name
             and name not in (".", "..") and all(c.isalnum() or c in "-_." for c in name))
 
@@ -97,6 +97,8 @@ class ModelConfig:
     query_template: str = "{text}"
     default_instruction: str | None = None
     eos_token: str | None = None
+    lora_roots: tuple[str, ...] = ()
+    lora_allow: tuple[str, ...] = ()
     adapters: AdapterOptions = field(default_factory=AdapterOptions)
     profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -111,7 +113,7 @@ class ModelConfig:
         _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
         _require(where, 1 <= self.min_dims, "'min_dims' must be >= 1")
         for profile in self.profiles.values():
-            if profile.lora_id is not None:
+            if profile.lora_id is not None and not (self.lora_roots or self.lora_allow):
                 _require(where, profile.lora_id in self.adapters.lora_paths,
                          f"profiles.{profile.name}.lora_id {profile.lora_id!r} is not in "
                          f"adapter_options_loadtime.lora_paths ({', '.join(self.adapters.lora_paths) or 'none'})")
@@ -172,6 +174,11 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
     name = data.get("name")
     _require(where, isinstance(name, str) and name != "", "'name' is required")
     kwargs = {k: data[k] for k in MODEL_KEYS - {"adapter_options_loadtime", "profiles", "name"} if k in data}
+    for key in ("lora_roots", "lora_allow"):
+        value = kwargs.get(key) or []
+        _require(where, isinstance(value, list) and all(isinstance(v, str) for v in value),
+                 f"'{key}' must be a list of strings")
+        kwargs[key] = tuple(_resolve_local(v, base_dir) if key == "lora_roots" else v for v in value)
     if "model_path" in kwargs:
         kwargs["model_path"] = _resolve_local(str(kwargs["model_path"]), base_dir)
     try:
@@ -193,6 +200,9 @@ class EngineConfig:
     max_body_bytes: int = 16 * 1024 * 1024
     api_keys: tuple[str, ...] = ()
     device: str = "auto"
+    lora_roots: tuple[str, ...] = ()
+    lora_allow: tuple[str, ...] = ()
+    lora_failure_ttl_s: float = 300.0
 
     def __post_init__(self) -> None:
         where = "engine settings"
@@ -202,6 +212,9 @@ class EngineConfig:
         _require(where, self.max_queue_items >= 1, "max_queue_items must be >= 1")
         _require(where, self.max_items_per_request >= 1, "max_items_per_request must be >= 1")
         _require(where, self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
+        _require(where, self.max_items_per_request <= self.max_queue_items,
+                 "max_items_per_request must not exceed max_queue_items")
+        _require(where, self.lora_failure_ttl_s >= 0, "lora_failure_ttl_s must be >= 0")
         _require(where, self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

@@ -19,14 +19,18 @@ MODEL_NAME = "qwen3-tiny"
 ASSET_VERSION = "v1"
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 ALL_LINEARS = ATTENTION + ("gate_proj", "up_proj", "down_proj")
-# served name -> (seed, target modules); retail and travel are for dynamic loading demos.
+# served name -> (seed, target modules). Preloaded by the demo config:
 DEMO_ADAPTERS = {
     "legal": (101, ATTENTION),
     "medical": (202, ATTENTION),
     "finance": (303, ALL_LINEARS),
+}
+# Not preloaded: they sit in the folder `builtin:qwen3-tiny/dynamic`, the demo's adapter root.
+DYNAMIC_ADAPTERS = {
     "retail": (404, ATTENTION),
     "travel": (505, ALL_LINEARS),
 }
+DYNAMIC_ROOT = "dynamic"
 TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   head_dim=16, intermediate_size=128)
 
@@ -96,16 +100,22 @@ def build_adapter(model_dir: Path, folder: Path, seed: int, targets: tuple[str, 
 
 
 def ensure_builtin(source: str) -> Path:
-    """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>]`."""
+    """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>|/dynamic]`."""
     name = source[len(BUILTIN_PREFIX):]
     model_name, _, adapter = name.partition("/")
-    if model_name != MODEL_NAME or (adapter and adapter not in DEMO_ADAPTERS):
-        known = [f"{BUILTIN_PREFIX}{MODEL_NAME}"] + [f"{BUILTIN_PREFIX}{MODEL_NAME}/{a}" for a in DEMO_ADAPTERS]
-        raise ValueError(f"unknown builtin source {source!r}; known: {', '.join(known)}")
+    if model_name != MODEL_NAME or (adapter and adapter not in DEMO_ADAPTERS and adapter != DYNAMIC_ROOT):
+        known = [MODEL_NAME] + [f"{MODEL_NAME}/{a}" for a in (*DEMO_ADAPTERS, DYNAMIC_ROOT)]
+        raise ValueError(f"unknown builtin source {source!r}; known: {', '.join(BUILTIN_PREFIX + k for k in known)}")
     root = cache_root()
     model_dir = _build_atomically(root / MODEL_NAME, build_tiny_model)
     if not adapter:
         return model_dir
+    if adapter == DYNAMIC_ROOT:
+        def build_root(out: Path) -> None:
+            for served, (seed, targets) in DYNAMIC_ADAPTERS.items():
+                (out / served).mkdir()
+                build_adapter(model_dir, out / served, seed, targets)
+        return _build_atomically(root / DYNAMIC_ROOT, build_root)
     seed, targets = DEMO_ADAPTERS[adapter]
     return _build_atomically(root / "adapters" / adapter,
                              lambda out: build_adapter(model_dir, out, seed, targets))

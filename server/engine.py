@@ -14,6 +14,8 @@ from server import errors
 from server.backends.base import Backend
 from server.batching import Batcher, BatchLimits
 from server.config import EngineConfig, ModelConfig
+from server.lora.manager import AdapterManager
+from server.lora.policy import DynamicSources
 from server.options import EncodeOptions, check_dims
 from server.postprocess import finish
 from server.sources import resolve_source
@@ -47,6 +49,8 @@ class ModelEngine:
             max_batch_tokens=engine.max_batch_tokens, max_batch_wait_ms=engine.max_batch_wait_ms,
             max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=engine.max_queue_items),
             name=config.name)
+        self.adapters = AdapterManager(config.name, backend, capacity=engine.max_loras_per_model,
+                                       failure_ttl_s=engine.lora_failure_ttl_s)
 
     @property
     def name(self) -> str:
@@ -68,6 +72,10 @@ class ModelEngine:
                 query_template=self.config.query_template, default_instruction=self.config.default_instruction,
                 eos_token=self.config.eos_token)
             self.backend.start()
+            roots = tuple(resolve_source(root, kind="adapter root")
+                          for root in self.config.lora_roots + self.engine.lora_roots)
+            self.adapters.sources = DynamicSources(roots, self.config.lora_allow + self.engine.lora_allow)
+            self.adapters.register_preloaded(dict(self.config.adapters.lora_paths))
             if self.config.dims is not None and self.config.dims > self.backend.hidden_size:
                 raise ValueError(f"dims {self.config.dims} is larger than the model's hidden size "
                                  f"{self.backend.hidden_size}")
@@ -85,17 +93,21 @@ class ModelEngine:
         if self.state == "failed":
             raise errors.model_load_failed(self.name, self.failure or "unknown cause")
 
-    def check_adapter(self, lora_id: str | None) -> None:
-        if lora_id is not None and lora_id not in self.backend.adapters():
-            raise errors.unknown_lora(lora_id, self.name, self.backend.adapters())
-
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         self.check_ready()
-        self.check_adapter(options.lora_id)
         check_dims(options.dims, self.dims, self.config.min_dims)
         if len(texts) > self.engine.max_items_per_request:
             raise errors.invalid_input(f"{len(texts)} items is over the limit of "
                                        f"{self.engine.max_items_per_request} items per request")
+        if options.lora_id is None:
+            return await self._encode(texts, options)
+        self.adapters.acquire(options.lora_id)
+        try:
+            return await self._encode(texts, options)
+        finally:
+            self.adapters.release(options.lora_id)
+
+    async def _encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         t0 = time.perf_counter()
         rendered = [self.tokenizer.render(t, is_query=options.is_query, instruction=options.instruction)
                     for t in texts]

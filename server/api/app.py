@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, errors
+from server.api.admin import admin_router
 from server.api.auth import authorize
 from server.api.middleware import RequestIdMiddleware, read_body, request_id
 from server.api.schemas import ParamsIn, parse_encode_request
@@ -41,7 +42,7 @@ def model_info(engine: ModelEngine) -> dict:
         "max_sequence_length": config.max_seq_len,
         "profiles": {name: {"instruction": p.instruction, "lora_id": p.lora_id, "is_default": False}
                      for name, p in config.profiles.items()},
-        "loras": sorted(engine.backend.adapters()) if engine.state == "ready" else [],
+        "loras": [engine.adapters.entries[name].describe() for name in sorted(engine.adapters.entries)],
     }
 
 
@@ -76,6 +77,7 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
             await asyncio.gather(*loads)
         yield
         for engine in engines.values():
+            await engine.adapters.close()
             await engine.batcher.stop()
         await asyncio.gather(*loads, return_exceptions=True)
         for engine in engines.values():
@@ -106,6 +108,8 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
     async def list_models(request: Request) -> dict:
         authorize(request, settings)
         return {"models": [model_info(engine) for engine in engines.values()]}
+
+    app.include_router(admin_router(engine_for, settings))
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str, request: Request) -> dict:

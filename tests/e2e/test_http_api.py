@@ -135,7 +135,8 @@ def test_health_ready_and_models(demo_server):
     assert httpx.get(demo_server.url + "/readyz").status_code == 200
     (model,) = httpx.get(demo_server.url + "/v1/models").json()["models"]
     assert model["name"] == DEMO_MODEL and model["dims"] == {"dense": 64} and model["state"] == "loaded"
-    assert model["loras"] == ["finance", "legal", "medical"]
+    assert [lora["name"] for lora in model["loras"]] == ["finance", "legal", "medical"]
+    assert all(lora["state"] == "ready" and lora["pinned"] and lora["rank"] == 8 for lora in model["loras"])
     assert model["profiles"]["legal"]["lora_id"] == "legal" and model["max_sequence_length"] == 512
     assert httpx.get(demo_server.url + f"/v1/models/{DEMO_MODEL}").json()["name"] == DEMO_MODEL
 

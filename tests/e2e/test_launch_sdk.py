@@ -128,3 +128,10 @@ def test_check_command_names_unknown_key(tmp_path):
     yaml_path.write_text("name: m\nmodle_path: x\n")
     result = launch("check", "--config", str(yaml_path))
     assert result.returncode == 2 and str(yaml_path) in result.stderr and "'modle_path'" in result.stderr
+
+
+def test_demo_hot_loads_retail_from_its_adapter_root(client):
+    retail = client.encode(DEMO_MODEL, Item(text="a return policy"), options={"lora_id": "retail"})["dense"]
+    base = client.encode(DEMO_MODEL, Item(text="a return policy"))["dense"]
+    legal = client.encode(DEMO_MODEL, Item(text="a return policy"), options={"lora_id": "legal"})["dense"]
+    assert np.abs(retail - base).max() > 1e-2 and np.abs(retail - legal).max() > 1e-2

@@ -1,0 +1,57 @@
+"""Adapter admin routes: load (POST), unload (DELETE) and list, guarded by the API key."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
+
+from server import errors
+from server.api.auth import authorize
+from server.api.schemas import describe
+from server.api.wire import decode_body
+from server.api.middleware import read_body
+from server.config import EngineConfig, valid_adapter_name
+from server.engine import ModelEngine
+
+
+class LoadLoraIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr
+    source: StrictStr
+    pin: StrictBool = False
+
+
+def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfig) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/v1/models/{model:path}/loras")
+    async def list_loras(model: str, request: Request) -> dict:
+        authorize(request, settings)
+        manager = engine_for(model).adapters
+        return {"model": model, "loras": [manager.entries[n].describe() for n in sorted(manager.entries)]}
+
+    @router.post("/v1/models/{model:path}/loras")
+    async def load_lora(model: str, request: Request) -> JSONResponse:
+        authorize(request, settings)
+        engine = engine_for(model)
+        engine.check_ready()
+        body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
+        try:
+            spec = LoadLoraIn.model_validate(body)
+        except ValidationError as exc:
+            raise errors.invalid_input(describe(exc)) from None
+        if not valid_adapter_name(spec.name):
+            raise errors.invalid_input(f"adapter name {spec.name!r} must be 1-128 letters, digits, '-', '_', '.'")
+        entry, created = await engine.adapters.load(spec.name, spec.source, pin=spec.pin)
+        return JSONResponse(entry.describe(), status_code=201 if created else 200)
+
+    @router.delete("/v1/models/{model:path}/loras/{name}")
+    async def unload_lora(model: str, name: str, request: Request) -> dict:
+        authorize(request, settings)
+        await engine_for(model).adapters.unload(name)
+        return {"model": model, "unloaded": name}
+
+    return router

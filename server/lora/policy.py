@@ -1,0 +1,80 @@
+"""Where a dynamic adapter may come from: a folder under a configured root, or a hub id on an allow-list.
+
+Default: nowhere (only preloaded adapters). Local ids are single folder names; `..`, absolute paths
+and symlinks that leave the root are refused. Hub ids must match a `lora_allow` glob such as `org/*`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+
+
+class SourceRefused(ValueError):
+    """The id or source is not allowed; the message says which rule refused it."""
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return os.path.commonpath([str(path), str(root)]) == str(root)
+
+
+@dataclass(frozen=True)
+class DynamicSources:
+    roots: tuple[Path, ...] = ()
+    allow: tuple[str, ...] = ()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.roots or self.allow)
+
+    def describe(self) -> str:
+        parts = []
+        if self.roots:
+            parts.append("folders under " + ", ".join(str(r) for r in self.roots))
+        if self.allow:
+            parts.append("hub ids matching " + ", ".join(self.allow))
+        return " or ".join(parts) if parts else "none (only preloaded adapters are served)"
+
+    def _hub(self, hub_id: str) -> str:
+        if ".." in hub_id or not _HUB_ID.match(hub_id):
+            raise SourceRefused(f"{hub_id!r} is not a valid hub id (org/name)")
+        if not self.allow:
+            raise SourceRefused("hub adapters are not enabled (no lora_allow configured)")
+        if not any(fnmatch.fnmatchcase(hub_id, pattern) for pattern in self.allow):
+            raise SourceRefused(f"hub id {hub_id!r} is not on the allow-list ({', '.join(self.allow)})")
+        return hub_id
+
+    def _local(self, folder: Path) -> str:
+        real = folder.resolve()
+        for root in self.roots:
+            if _inside(folder.absolute(), root) or _inside(real, root):
+                if not _inside(real, root):
+                    raise SourceRefused(f"{str(folder)!r} resolves outside the adapter root {str(root)!r}")
+                return str(real)
+        raise SourceRefused(f"{str(folder)!r} is not under an adapter root "
+                            f"({', '.join(str(r) for r in self.roots) or 'none configured'})")
+
+    def locate(self, lora_id: str) -> str | None:
+        """The source for a requested id, None when no root holds it; raises SourceRefused for a bad id."""
+        if "\x00" in lora_id or "\\" in lora_id or len(lora_id) > 200:
+            raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
+        if "/" in lora_id:
+            return self._hub(lora_id)
+        if lora_id in (".", "..") or lora_id.startswith("~"):
+            raise SourceRefused(f"{lora_id!r} is not a valid adapter id (path components are refused)")
+        for root in self.roots:
+            candidate = root / lora_id
+            if candidate.exists() or candidate.is_symlink():
+                return self._local(candidate)
+        return None
+
+    def check_source(self, source: str) -> str:
+        """An explicit source (admin API): a path under a root, or an allowed hub id."""
+        if source.startswith(("/", ".", "~")):
+            return self._local(Path(source).expanduser())
+        return self._hub(source)
