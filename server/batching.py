@@ -76,6 +76,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batches = 0
+        self.on_batch: Callable[[int, int, int], None] | None = None  # (rows, padded tokens, adapters)
 
     @property
     def queue_depth(self) -> int:
@@ -146,6 +147,8 @@ class Batcher:
     async def _execute(self, batch: list[_Row]) -> None:
         self._batches += 1
         batch_id = self._batches
+        if self.on_batch is not None:
+            self.on_batch(len(batch), len(batch) * max(len(r.ids) for r in batch), len({r.adapter for r in batch}))
         started = time.perf_counter()
         try:
             vectors = await self._run(TokenBatch([r.ids for r in batch], [r.adapter for r in batch]))

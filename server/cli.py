@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from server.config import ENGINE_FIELDS, ConfigError, load_engine_config, load_model_config
+from server.logs import configure_logging
 from server.lora.peft_format import AdapterError
 from server.sources import SourceError
 
@@ -22,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--backend", choices=["auto", "torch", "sglang"], help="override each model's 'adapter'")
-    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-level", default=os.environ.get("SIE_LOG_LEVEL", "info"))
+    parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SIE_LOG_FORMAT", "text"),
+                        help="json: one JSON object per log line (access lines carry request_id)")
     for name in ENGINE_FIELDS:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
     return parser
@@ -40,7 +44,7 @@ def _load(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     from server.preflight import check_model
 
     try:
@@ -70,7 +74,14 @@ def serve(args: argparse.Namespace, engine, models) -> int:
     for model in models:
         kind = resolve_backend_kind(args.backend or model.adapter, device)
         log.info("model %s: backend %s on %s", model.name, kind, device)
-        engines[model.name] = ModelEngine(model, engine, create_backend(kind, model, engine, device))
+        try:
+            backend = create_backend(kind, model, engine, device)
+        except RuntimeError as exc:
+            print(f"error: model {model.name}: {exc}", file=sys.stderr, flush=True)
+            return 2
+        engines[model.name] = ModelEngine(model, engine, backend)
     app = create_app(engines, engine)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower())
+    # Our own access log carries the request id; uvicorn keeps its own handlers off ours.
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
+                log_config=None)
     return 0

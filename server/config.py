@@ -199,6 +199,7 @@ class EngineConfig:
     max_items_per_request: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024
     api_keys: tuple[str, ...] = ()
+    auth_exempt_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
     device: str = "auto"
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()

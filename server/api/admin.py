@@ -9,7 +9,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from server import errors
-from server.api.auth import authorize
 from server.api.schemas import describe
 from server.api.wire import decode_body
 from server.api.middleware import read_body
@@ -28,14 +27,12 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
     router = APIRouter()
 
     @router.get("/v1/models/{model:path}/loras")
-    async def list_loras(model: str, request: Request) -> dict:
-        authorize(request, settings)
+    async def list_loras(model: str) -> dict:
         manager = engine_for(model).adapters
         return {"model": model, "loras": [manager.entries[n].describe() for n in sorted(manager.entries)]}
 
     @router.post("/v1/models/{model:path}/loras")
     async def load_lora(model: str, request: Request) -> JSONResponse:
-        authorize(request, settings)
         engine = engine_for(model)
         engine.check_ready()
         body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
@@ -49,8 +46,7 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
         return JSONResponse(entry.describe(), status_code=201 if created else 200)
 
     @router.delete("/v1/models/{model:path}/loras/{name}")
-    async def unload_lora(model: str, name: str, request: Request) -> dict:
-        authorize(request, settings)
+    async def unload_lora(model: str, name: str) -> dict:
         await engine_for(model).adapters.unload(name)
         return {"model": model, "unloaded": name}
 

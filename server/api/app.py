@@ -1,30 +1,32 @@
-"""The FastAPI app: SIE encode route, health/readiness, model listing, and the SPEC error shape."""
+"""The FastAPI app: SIE encode route, health/readiness, model listing, metrics and the SPEC error shape."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from typing import Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, errors
 from server.api.admin import admin_router
-from server.api.auth import authorize
-from server.api.middleware import RequestIdMiddleware, read_body, request_id
+from server.api.auth import AuthMiddleware
+from server.api.common import find_engine, run_encode
+from server.api.middleware import RequestContextMiddleware, read_body
+from server.api.openai_routes import openai_router
+from server.api.openapi import ENCODE_OPENAPI, install_openapi
 from server.api.schemas import ParamsIn, parse_encode_request
 from server.api.wire import MSGPACK, decode_body, dump_json, pack, wants_json
-from server.backends.base import AdapterNotLoaded
 from server.config import EngineConfig
 from server.engine import ModelEngine
+from server.metrics import Metrics
 from server.options import resolve_options
 
-log = logging.getLogger(__name__)
 STATES = {"ready": "loaded", "loading": "loading", "failed": "failed"}
 
 
@@ -64,12 +66,14 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, load_in_background: bool = True) -> FastAPI:
     """Build the app; model loading starts when the app starts (in threads, so /readyz answers at once)."""
+    metrics = Metrics(engines)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
         loop = asyncio.get_running_loop()
         loads = []
         for engine in engines.values():
+            engine.batcher.on_batch = metrics.batch_observer(engine.name)
             engine.batcher.start()
             if engine.state == "loading":
                 loads.append(loop.run_in_executor(None, engine.load))
@@ -83,15 +87,18 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
         for engine in engines.values():
             engine.backend.close()
 
-    app = FastAPI(title="multilora-embed", version=__version__, lifespan=lifespan)
-    app.add_middleware(RequestIdMiddleware)
+    app = FastAPI(title="multilora-embed", version=__version__, lifespan=lifespan,
+                  description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI embeddings.")
+    app.add_middleware(AuthMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths)
+    app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
+    app.include_router(admin_router(lambda model: find_engine(engines, model), settings))
+    app.include_router(openai_router(engines, settings, metrics))
+    install_openapi(app)
 
-    def engine_for(model: str) -> ModelEngine:
-        engine = engines.get(model)
-        if engine is None:
-            raise errors.model_not_found(model, engines)
-        return engine
+    @app.get("/", include_in_schema=False)
+    async def root() -> RedirectResponse:
+        return RedirectResponse("/docs")
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -104,44 +111,34 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
         return JSONResponse({"status": "ready" if ready else "not_ready", "models": states},
                             status_code=200 if ready else 503)
 
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/models")
-    async def list_models(request: Request) -> dict:
-        authorize(request, settings)
+    async def list_models() -> dict:
         return {"models": [model_info(engine) for engine in engines.values()]}
 
-    app.include_router(admin_router(engine_for, settings))
-
     @app.get("/v1/models/{model:path}")
-    async def get_model(model: str, request: Request) -> dict:
-        authorize(request, settings)
-        return model_info(engine_for(model))
+    async def get_model(model: str) -> dict:
+        return model_info(find_engine(engines, model))
 
-    @app.post("/v1/encode/{model:path}")
+    @app.post("/v1/encode/{model:path}", openapi_extra=ENCODE_OPENAPI)
     async def encode(model: str, request: Request) -> Response:
         started = time.perf_counter()
-        authorize(request, settings)
-        engine = engine_for(model)
-        engine.check_ready()
-        body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
-        parsed = parse_encode_request(body)
-        params = parsed.params or ParamsIn()
-        options = resolve_options(engine.config, options=params.options, instruction=params.instruction,
-                                  output_types=params.output_types, output_dtype=params.output_dtype)
-        try:
-            result = await engine.encode([item.text for item in parsed.items], options)
-        except errors.ApiError:
-            raise
-        except AdapterNotLoaded:
-            raise errors.unknown_lora(options.lora_id or "", model, engine.backend.adapters()) from None
-        except Exception:
-            log.exception("encode failed (request %s)", request_id(request))
-            raise errors.inference_error(request_id(request)) from None
+        with metrics.track("sie", model) as track:
+            engine = find_engine(engines, model)
+            engine.check_ready()
+            body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
+            parsed = parse_encode_request(body)
+            params = parsed.params or ParamsIn()
+            options = resolve_options(engine.config, options=params.options, instruction=params.instruction,
+                                      output_types=params.output_types, output_dtype=params.output_dtype)
+            result = await run_encode(engine, [item.text for item in parsed.items], options, request, track)
         items = []
         for item, vector in zip(parsed.items, result.vectors):
             entry = {"dense": {"dims": result.dims, "dtype": options.output_dtype, "values": vector}}
-            if item.id is not None:
-                entry = {"id": item.id, **entry}
-            items.append(entry)
+            items.append({"id": item.id, **entry} if item.id is not None else entry)
         total_ms = (time.perf_counter() - started) * 1e3
         payload = {"model": model, "items": items, "usage": {"input_tokens": result.input_tokens},
                    "timing": {"total_ms": total_ms, "queue_ms": result.queue_ms,

@@ -1,24 +1,42 @@
-"""Optional API keys: `Authorization: Bearer <key>`, compared in constant time."""
+"""Optional API keys: `Authorization: Bearer <key>` on every route but the exempt ones, compared in
+constant time; the 401 comes in the shape of the API the path belongs to (SIE or OpenAI)."""
 
 from __future__ import annotations
 
 import hmac
+import json
 
-from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import errors
-from server.config import EngineConfig
+from server.api.openai_errors import OPENAI_PATHS, openai_error_body
 
 
-def authorize(request: Request, settings: EngineConfig) -> None:
-    if not settings.api_keys:
-        return
-    header = request.headers.get("authorization", "")
+def key_matches(header: str, keys: tuple[str, ...]) -> bool:
     scheme, _, token = header.partition(" ")
-    token = token.strip().encode()
-    # Compare against every key so timing does not reveal which (if any) matched a prefix.
+    supplied = token.strip().encode()
     matched = False
-    for key in settings.api_keys:
-        matched |= hmac.compare_digest(token, key.encode())
-    if scheme.lower() != "bearer" or not matched:
-        raise errors.unauthorized()
+    for key in keys:  # every key is compared, so timing does not tell which one was close
+        matched |= hmac.compare_digest(supplied, key.encode())
+    return scheme.lower() == "bearer" and matched
+
+
+class AuthMiddleware:
+    def __init__(self, app: ASGIApp, keys: tuple[str, ...], exempt: tuple[str, ...]):
+        self.app = app
+        self.keys = keys
+        self.exempt = frozenset(exempt)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        if key_matches(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
+            await self.app(scope, receive, send)
+            return
+        error = errors.unauthorized()
+        body = openai_error_body(error) if scope["path"] in OPENAI_PATHS else error.body()
+        await send({"type": "http.response.start", "status": 401,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})

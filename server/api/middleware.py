@@ -1,8 +1,11 @@
-"""Request ids on every response (echoed or generated) and bounded body reading."""
+"""Request context: a request id on every response (echoed or generated), one access-log line per
+request that carries it, and bounded body reading."""
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 import uuid
 
 from starlette.requests import Request
@@ -11,10 +14,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import errors
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+access_log = logging.getLogger("server.access")
 
 
-class RequestIdMiddleware:
-    """Pure ASGI (no BaseHTTPMiddleware buffering): stores the id in request.state, echoes it as a header."""
+class RequestContextMiddleware:
+    """Pure ASGI (no BaseHTTPMiddleware buffering)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
@@ -26,14 +30,23 @@ class RequestIdMiddleware:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        started, status = time.perf_counter(), [500]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("latin-1"))]
+                status[0] = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            duration_ms = (time.perf_counter() - started) * 1e3
+            client = scope.get("client") or ("-", 0)
+            access_log.info("%s %s %s %d %.1fms rid=%s", client[0], scope["method"], scope["path"], status[0],
+                            duration_ms, rid, extra={"request_id": rid, "method": scope["method"],
+                                                     "path": scope["path"], "status": status[0],
+                                                     "duration_ms": round(duration_ms, 2), "client": client[0]})
 
 
 def request_id(request: Request) -> str:

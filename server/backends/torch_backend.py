@@ -22,6 +22,7 @@ from server.backends.base import AdapterInfo, AdapterNotLoaded, Backend, TokenBa
 from server.backends.hf_model import DTYPES, linear_targets, load_encoder, shapes_of
 from server.config import EngineConfig, ModelConfig
 from server.lora.mixed_linear import SegmentPlan, install_adapter, plan_segments, remove_adapter, wrap_linears
+from server.logs import startup_progress
 from server.lora.peft_format import AdapterError, load_peft_adapter
 from server.sources import resolve_source
 
@@ -58,17 +59,21 @@ class TorchBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        folder = resolve_source(self.config.model_path, kind="model")
-        log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
-        model = load_encoder(folder, self.dtype, self.device)
-        linears = linear_targets(model, self.config.adapters.lora_target_modules)
-        self._shapes = shapes_of(linears)
-        self._layers = wrap_linears(model, linears, self._plan)
-        self.model = model
-        self.hidden_size = int(model.config.hidden_size)
-        for name, source in self.config.adapters.lora_paths.items():
-            log.info("%s: loading adapter %r from %s", self.config.name, name, source)
-            self.load_adapter(name, str(resolve_source(source, kind="adapter")), pinned=True)
+        adapters = self.config.adapters.lora_paths
+        with startup_progress(f"loading {self.config.name}", 1 + len(adapters), log) as progress:
+            folder = resolve_source(self.config.model_path, kind="model")
+            log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
+            model = load_encoder(folder, self.dtype, self.device)
+            linears = linear_targets(model, self.config.adapters.lora_target_modules)
+            self._shapes = shapes_of(linears)
+            self._layers = wrap_linears(model, linears, self._plan)
+            self.model = model
+            self.hidden_size = int(model.config.hidden_size)
+            progress.step("base model")
+            for name, source in adapters.items():
+                log.info("%s: loading adapter %r from %s", self.config.name, name, source)
+                self.load_adapter(name, str(resolve_source(source, kind="adapter")), pinned=True)
+                progress.step(f"adapter {name}")
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,42 @@
+"""What both encode APIs share: model lookup and running an encode with errors mapped for HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+from starlette.requests import Request
+
+from server import errors
+from server.api.middleware import request_id
+from server.backends.base import AdapterNotLoaded
+from server.engine import EncodeResult, ModelEngine
+from server.metrics import RequestTrack
+from server.options import EncodeOptions
+
+log = logging.getLogger(__name__)
+
+
+def find_engine(engines: Mapping[str, ModelEngine], model: str) -> ModelEngine:
+    engine = engines.get(model)
+    if engine is None:
+        raise errors.model_not_found(model, engines)
+    return engine
+
+
+async def run_encode(engine: ModelEngine, texts: Sequence[str], options: EncodeOptions, request: Request,
+                     track: RequestTrack) -> EncodeResult:
+    """engine.encode, with a vanished adapter as 400 and any other failure as 500 naming the request id."""
+    track.adapter = options.lora_id
+    try:
+        result = await engine.encode(texts, options)
+    except errors.ApiError:
+        raise
+    except AdapterNotLoaded:
+        raise errors.unknown_lora(options.lora_id or "", engine.name, engine.adapters.ready_names()) from None
+    except Exception:
+        log.exception("encode failed (request %s)", request_id(request))
+        raise errors.inference_error(request_id(request)) from None
+    track.items, track.tokens = len(texts), result.input_tokens
+    track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
+    return result

@@ -1,0 +1,57 @@
+"""OpenAPI: the routes that read raw bodies (msgpack or JSON) get their schemas and content types here."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from server.api.schemas import EncodeRequestIn
+
+REF = "#/components/schemas/{model}"
+_ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
+ENCODE_OPENAPI = {
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": REF.format(model="EncodeRequestIn")}},
+        "application/msgpack": {"schema": {"$ref": REF.format(model="EncodeRequestIn")}},
+        "application/x-msgpack": {"schema": {"$ref": REF.format(model="EncodeRequestIn")}},
+    }},
+    "responses": {
+        "200": {"description": "One dense vector per item, in input order. msgpack by default (arrays as "
+                               "msgpack-numpy maps with bytes keys); JSON when Accept asks for it.",
+                "content": {"application/msgpack": {"schema": {"$ref": REF.format(model="EncodeResponse")}},
+                            "application/json": {"schema": {"$ref": REF.format(model="EncodeResponse")}}}},
+        **{code: _ERROR for code in ("400", "401", "404", "413", "500", "502", "503")},
+    },
+}
+_COMPONENTS = {
+    "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {
+        "type": "object", "required": ["code", "message"],
+        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
+    "EncodeResponse": {"type": "object", "required": ["model", "items", "timing", "usage"], "properties": {
+        "model": {"type": "string"},
+        "items": {"type": "array", "items": {"type": "object", "properties": {
+            "id": {"type": ["string", "integer"]},
+            "dense": {"type": "object", "properties": {"dims": {"type": "integer"}, "dtype": {"type": "string"},
+                                                       "values": {}}}}}},
+        "timing": {"type": "object", "additionalProperties": {"type": "number"}},
+        "usage": {"type": "object", "properties": {"input_tokens": {"type": "integer"}}}}},
+}
+
+
+def install_openapi(app: FastAPI) -> None:
+    from server.api.openai_routes import EmbeddingsIn
+
+    def schema() -> dict:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+            components = document.setdefault("components", {}).setdefault("schemas", {})
+            for model in (EncodeRequestIn, EmbeddingsIn):
+                generated = model.model_json_schema(ref_template=REF)
+                components.update(generated.pop("$defs", {}))
+                components[model.__name__] = generated
+            components.update(_COMPONENTS)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = schema

@@ -1,0 +1,118 @@
+"""Prometheus metrics (prometheus-client), one registry per app: request, batch and adapter series.
+
+Request and batch series are recorded as they happen; queue depth and adapter residency are read
+from the engines at scrape time, so there is no second copy of that state to drift.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from server import errors
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
+BASE = "base"
+
+
+@dataclass
+class RequestTrack:
+    model: str = "other"
+    adapter: str | None = None
+    items: int = 0
+    tokens: int = 0
+    queue_s: float | None = None
+    inference_s: float | None = None
+
+
+class EngineCollector:
+    """Reads live engine state at scrape time."""
+
+    def __init__(self, engines: Mapping[str, object]):
+        self.engines = engines
+
+    def collect(self):
+        depth = GaugeMetricFamily("sie_queue_depth", "Rows waiting for a batch", labels=["model"])
+        resident = GaugeMetricFamily("sie_resident_adapters", "Adapters resident in the backend", labels=["model"])
+        loads = CounterMetricFamily("sie_adapter_loads", "Adapter loads started", labels=["model"])
+        failures = CounterMetricFamily("sie_adapter_load_failures", "Adapter loads that failed", labels=["model"])
+        evictions = CounterMetricFamily("sie_adapter_evictions", "Adapters evicted (LRU)", labels=["model"])
+        for name, engine in self.engines.items():
+            depth.add_metric([name], engine.batcher.queue_depth)
+            resident.add_metric([name], sum(e.state == "ready" for e in engine.adapters.entries.values()))
+            loads.add_metric([name], engine.adapters.counters["loads"])
+            failures.add_metric([name], engine.adapters.counters["load_failures"])
+            evictions.add_metric([name], engine.adapters.counters["evictions"])
+        yield from (depth, resident, loads, failures, evictions)
+
+
+class Metrics:
+    def __init__(self, engines: Mapping[str, object]):
+        self.engines = engines
+        self.registry = CollectorRegistry()
+        r = self.registry
+        labels = ["api", "model", "adapter", "status"]
+        self.requests = Counter("sie_requests", "Requests answered", labels, registry=r)
+        self.items = Counter("sie_items", "Items embedded", ["model", "adapter"], registry=r)
+        self.tokens = Counter("sie_input_tokens", "Input tokens embedded", ["model", "adapter"], registry=r)
+        self.latency = Histogram("sie_request_seconds", "Request latency", ["api", "model"],
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.queue = Histogram("sie_queue_seconds", "Time rows waited for a batch", ["model"],
+                               buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("sie_inference_seconds", "Forward time of the batches of a request", ["model"],
+                                   buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_rows = Histogram("sie_batch_rows", "Rows per forward batch", ["model"],
+                                    buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("sie_batch_padded_tokens", "Padded tokens per forward batch", ["model"],
+                                      buckets=TOKEN_BUCKETS, registry=r)
+        self.batch_adapters = Histogram("sie_batch_adapters", "Distinct adapters (base counts) per forward batch",
+                                        ["model"], buckets=SIZE_BUCKETS, registry=r)
+        r.register(EngineCollector(engines))
+
+    def adapter_label(self, model: str, adapter: str | None) -> str:
+        """Known adapters by name; anything else collapses to one label (client input has no cardinality)."""
+        if adapter is None:
+            return BASE
+        engine = self.engines.get(model)
+        return adapter if engine is not None and adapter in engine.adapters.entries else "other"
+
+    def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
+        def observe(rows: int, padded_tokens: int, adapters: int) -> None:
+            self.batch_rows.labels(model).observe(rows)
+            self.batch_tokens.labels(model).observe(padded_tokens)
+            self.batch_adapters.labels(model).observe(adapters)
+        return observe
+
+    @contextmanager
+    def track(self, api: str, model: str = "other") -> Iterator[RequestTrack]:
+        """Records one request: status from the raised ApiError (500 for anything else)."""
+        track, started, status = RequestTrack(model=model), time.perf_counter(), 200
+        try:
+            yield track
+        except errors.ApiError as exc:
+            status = exc.status
+            raise
+        except BaseException:
+            status = 500
+            raise
+        finally:
+            model_label = track.model if track.model in self.engines else "other"
+            adapter = self.adapter_label(track.model, track.adapter)
+            self.requests.labels(api, model_label, adapter, str(status)).inc()
+            self.latency.labels(api, model_label).observe(time.perf_counter() - started)
+            if status == 200:
+                self.items.labels(model_label, adapter).inc(track.items)
+                self.tokens.labels(model_label, adapter).inc(track.tokens)
+                if track.queue_s is not None:
+                    self.queue.labels(model_label).observe(track.queue_s)
+                    self.inference.labels(model_label).observe(track.inference_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
