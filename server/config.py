@@ -194,7 +194,7 @@ class EngineConfig:
 
     max_loras_per_model: int = 10
     max_batch_tokens: int = 16384
-    max_batch_wait_ms: float = 2.0
+    max_batch_wait_ms: float = 0.0
     max_queue_items: int = 8192
     max_items_per_request: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from server.sources import resolve_source
 from server.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
+INLINE_TOKENIZE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -111,8 +113,13 @@ class ModelEngine:
         t0 = time.perf_counter()
         rendered = [self.tokenizer.render(t, is_query=options.is_query, instruction=options.instruction)
                     for t in texts]
-        tokenized = await asyncio.to_thread(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
-                                            limit=self.backend.max_input_tokens)
+        tokenize = functools.partial(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
+                                     limit=self.backend.max_input_tokens)
+        # Short inputs tokenise faster than a thread hop costs; long ones must not block the event loop.
+        if sum(map(len, rendered)) <= INLINE_TOKENIZE_CHARS:
+            tokenized = tokenize()
+        else:
+            tokenized = await asyncio.to_thread(tokenize)
         t1 = time.perf_counter()
         futures = self.batcher.submit(tokenized.input_ids, options.lora_id)
         try:

@@ -7,9 +7,12 @@ in place into the base output with `addmm_` on contiguous views (Punica's SGMV, 
 at most `max_loras_per_batch` segments). PEFT's mixed batch instead gathers `x[idx]` and
 scatter-adds per adapter in every layer, which costs copies and index kernels, not FLOPs.
 
-Each linear keeps its adapters' weights stacked by slot (`A` as [r, in], the scaled `B` stored
-transposed as [r, out] so both matmuls read contiguous memory) at their own rank: padding every
-adapter to the pool's largest rank would waste FLOPs and memory when ranks differ.
+Each linear keeps its adapters' weights by slot (`A` as [r, in], the scaled `B` stored transposed as
+[r, out] so both matmuls read contiguous memory) at their own rank: padding every adapter to the
+pool's largest rank would waste FLOPs and memory when ranks differ. With many small segments (one or
+two rows per adapter) the per-call cost of tiny GEMMs dominates, so past `BMM_MIN_SEGMENTS` the
+adapter rows go through one gathered batched matmul per linear instead (Punica's BGMV shape):
+measured on 2 CPU cores, 64 one-row adapters cost +21% over base with the loop and +10% with bmm.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import torch
 from torch import nn
 
 from server.lora.peft_format import LoraAdapter
+
+BMM_MIN_SEGMENTS = 16
 
 
 @dataclass(frozen=True)
@@ -61,9 +66,13 @@ class MixedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        if not self.weights:
+        segments = self.plan.segments
+        if not self.weights or not segments:
             return y
-        for seg in self.plan.segments:
+        if len(segments) >= BMM_MIN_SEGMENTS and x.dim() == 3:
+            self._gathered(x, y, segments)
+            return y
+        for seg in segments:
             pair = self.weights.get(seg.slot)
             if pair is None:
                 continue
@@ -72,6 +81,26 @@ class MixedLoraLinear(nn.Module):
             ys = y[seg.start:seg.stop].view(-1, y.shape[-1])
             ys.addmm_(xs @ a.t(), bt)
         return y
+
+    def _gathered(self, x: torch.Tensor, y: torch.Tensor, segments: tuple[Segment, ...]) -> None:
+        """One bmm pair over all adapter rows (they are contiguous: base rows sort first)."""
+        pairs = [self.weights.get(seg.slot) for seg in segments]
+        rank = max((p[0].shape[0] for p in pairs if p is not None), default=0)
+        if rank == 0:
+            return
+        a_rows, bt_rows = [], []
+        for seg, pair in zip(segments, pairs):
+            if pair is None:  # this adapter does not touch this layer: a zero update for its rows
+                pair = (x.new_zeros(rank, x.shape[-1]), x.new_zeros(rank, y.shape[-1]))
+            elif pair[0].shape[0] < rank:  # mixed ranks: zero-pad to the largest in the batch
+                pad = rank - pair[0].shape[0]
+                pair = (torch.nn.functional.pad(pair[0], (0, 0, 0, pad)), torch.nn.functional.pad(pair[1], (0, 0, 0, pad)))
+            a_rows += [pair[0]] * (seg.stop - seg.start)
+            bt_rows += [pair[1]] * (seg.stop - seg.start)
+        start, stop = segments[0].start, segments[-1].stop
+        a = torch.stack(a_rows)  # [rows, r, in]
+        bt = torch.stack(bt_rows)  # [rows, r, out]
+        y[start:stop].baddbmm_(torch.bmm(x[start:stop], a.transpose(1, 2)), bt)
 
 
 def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: SegmentPlan) -> dict[str, MixedLoraLinear]:

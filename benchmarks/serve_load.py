@@ -1,0 +1,236 @@
+"""HTTP load generator for the server (loopback only, bounded in requests and time).
+
+Sweeps concurrency x items per request over a mix of adapters and base; reports req/s, items/s,
+tokens/s, p50/p95/p99 latency and errors by code, as JSON and a PNG. `--compare-inprocess` runs the
+same requests through the engine in-process (no HTTP) and prints the HTTP efficiency ratio.
+
+    python benchmarks/serve_load.py --json benchmarks/out/serve_load.json --compare-inprocess
+    python benchmarks/serve_load.py --url http://127.0.0.1:8080 --api openai --concurrency 1,8
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import msgpack
+
+REPO = Path(__file__).resolve().parents[1]
+ADAPTERS = [None, "legal", "medical", "finance"]
+WORDS = ("contract court patient revenue market clinical statute dosage portfolio appeal invoice symptom "
+         "merger liability therapy dividend").split()
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--url", help="an already running server (default: start the demo config on loopback)")
+    parser.add_argument("--config", default=str(REPO / "model_configs" / "demo.yaml"))
+    parser.add_argument("--model", default="demo/qwen3-tiny")
+    parser.add_argument("--api", choices=["sie", "openai"], default="sie")
+    parser.add_argument("--concurrency", default="1,4,16")
+    parser.add_argument("--items", default="1,16", help="items per request")
+    parser.add_argument("--requests", type=int, default=200, help="requests per cell (upper bound)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="time cap per cell")
+    parser.add_argument("--compare-inprocess", action="store_true")
+    parser.add_argument("--json", help="write the report here (and a PNG beside it)")
+    args = parser.parse_args(argv)
+    if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        parser.error("--url must be a loopback address")
+    return args
+
+
+def workload(count: int, items: int, seed: int = 0) -> list[tuple[list[str], str | None]]:
+    rng = random.Random(seed)
+    return [([" ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for _ in range(items)], ADAPTERS[i % len(ADAPTERS)])
+            for i in range(count)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+def summarise(latencies, tokens, statuses, items, elapsed) -> dict:
+    ok = sum(1 for s in statuses if s == "200")
+    errors = {}
+    for status in statuses:
+        if status != "200":
+            errors[status] = errors.get(status, 0) + 1
+    return {"requests": len(statuses), "ok": ok, "seconds": round(elapsed, 3),
+            "req_per_s": round(ok / elapsed, 2), "items_per_s": round(ok * items / elapsed, 1),
+            "tokens_per_s": round(sum(tokens) / elapsed, 1),
+            "p50_ms": round(percentile(latencies, 0.50) * 1e3, 2), "p95_ms": round(percentile(latencies, 0.95) * 1e3, 2),
+            "p99_ms": round(percentile(latencies, 0.99) * 1e3, 2), "errors": errors}
+
+
+async def drive(send, jobs, concurrency: int, seconds: float) -> tuple[list, list, list, float]:
+    """Run `jobs` with `concurrency` workers, stopping new requests after `seconds`."""
+    latencies, tokens, statuses = [], [], []
+    queue = list(reversed(jobs))
+    deadline = time.perf_counter() + seconds
+
+    async def worker():
+        while queue and time.perf_counter() < deadline:
+            texts, adapter = queue.pop()
+            started = time.perf_counter()
+            status, used = await send(texts, adapter)
+            latencies.append(time.perf_counter() - started)
+            tokens.append(used)
+            statuses.append(status)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, tokens, statuses, time.perf_counter() - started
+
+
+def http_sender(client: httpx.AsyncClient, args):
+    async def send_sie(texts, adapter):
+        params = {"options": {"lora_id": adapter}} if adapter else {}
+        body = msgpack.packb({"items": [{"text": t} for t in texts], "params": params}, use_bin_type=True)
+        response = await client.post(f"/v1/encode/{args.model}", content=body,
+                                     headers={"Content-Type": "application/msgpack"})
+        if response.status_code != 200:
+            return error_code(response), 0
+        return "200", msgpack.unpackb(response.content, raw=False)["usage"]["input_tokens"]
+
+    async def send_openai(texts, adapter):
+        model = f"{args.model}:{adapter}" if adapter else args.model
+        response = await client.post("/v1/embeddings", json={"model": model, "input": texts,
+                                                             "encoding_format": "base64"})
+        if response.status_code != 200:
+            return error_code(response), 0
+        return "200", response.json()["usage"]["prompt_tokens"]
+
+    return send_openai if args.api == "openai" else send_sie
+
+
+def error_code(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+        detail = body.get("detail") or body.get("error") or {}
+        return f"{response.status_code} {detail.get('code', '')}".strip()
+    except ValueError:
+        return str(response.status_code)
+
+
+def start_server(config: str) -> tuple[subprocess.Popen, str]:
+    sys.path.insert(0, str(REPO))
+    from tests.conftest import free_port, wait_ready
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--config", config, "--port", str(port),
+                                "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, timeout=180)
+    return process, url
+
+
+async def run_cell(send, args, concurrency: int, items: int) -> dict:
+    latencies, tokens, statuses, elapsed = await drive(send, workload(args.requests, items), concurrency, args.seconds)
+    return summarise(latencies, tokens, statuses, items, elapsed)
+
+
+async def sweep(send, args, cells) -> dict:
+    await drive(send, workload(8, 4, seed=99), 4, 10)  # warm-up
+    return {f"c{c}_i{i}": await run_cell(send, args, c, i) for c, i in cells}
+
+
+async def inprocess_sweep(args, cells) -> dict:
+    sys.path.insert(0, str(REPO))
+    from server.backends.torch_backend import TorchBackend
+    from server.config import EngineConfig, load_model_config
+    from server.engine import ModelEngine
+    from server.options import EncodeOptions
+
+    config = load_model_config(args.config)
+    settings = EngineConfig()
+    engine = ModelEngine(config, settings, TorchBackend(config, settings, "cpu"))
+    await asyncio.to_thread(engine.load)
+    engine.batcher.start()
+
+    async def send(texts, adapter):
+        result = await engine.encode(texts, EncodeOptions(lora_id=adapter))
+        return "200", result.input_tokens
+
+    try:
+        return await sweep(send, args, cells)
+    finally:
+        await engine.batcher.stop()
+        engine.backend.close()
+
+
+async def main_async(args) -> dict:
+    cells = [(int(c), int(i)) for i in args.items.split(",") for c in args.concurrency.split(",")]
+    process = None
+    url = args.url
+    if url is None:
+        process, url = start_server(args.config)
+    try:
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+            http = await sweep(http_sender(client, args), args, cells)
+    finally:
+        if process is not None:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=60)
+    report = {"api": args.api, "model": args.model, "http": http, "cells": [f"c{c}_i{i}" for c, i in cells],
+              "cpu_count": os.cpu_count()}
+    if args.compare_inprocess:
+        inproc = await inprocess_sweep(args, cells)
+        report["inprocess"] = inproc
+        report["http_efficiency"] = {k: round(http[k]["items_per_s"] / inproc[k]["items_per_s"], 3)
+                                     for k in http if inproc[k]["items_per_s"]}
+        single = "c1_i1"
+        if single in http:
+            report["single_item_p50_overhead_ms"] = round(http[single]["p50_ms"] - inproc[single]["p50_ms"], 2)
+    return report
+
+
+def chart(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = report["cells"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.4
+    xs = range(len(cells))
+    ax.bar([x - width / 2 for x in xs], [report["http"][c]["items_per_s"] for c in cells], width, label="HTTP")
+    if "inprocess" in report:
+        ax.bar([x + width / 2 for x in xs], [report["inprocess"][c]["items_per_s"] for c in cells], width,
+               label="in-process")
+    ax.set_xticks(list(xs), cells, rotation=30)
+    ax.set_ylabel("items/s")
+    ax.set_title(f"{report['model']} ({report['api']} API), c=concurrency, i=items per request")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    report = asyncio.run(main_async(args))
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+        chart(report, Path(args.json).with_suffix(".png"))
+    return report
+
+
+if __name__ == "__main__":
+    main()

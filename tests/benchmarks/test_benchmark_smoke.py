@@ -1,0 +1,39 @@
+"""The benchmark scripts still run end to end (tiny shapes, seconds); their numbers live in RESULTS.md."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+from tests.conftest import REPO
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lora_overhead_smoke(tmp_path):
+    out = tmp_path / "overhead.json"
+    result = load("lora_overhead").main(["--layers", "1", "--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                                         "--head-dim", "16", "--intermediate", "128", "--rows", "4", "--tokens", "8",
+                                         "--rounds", "2", "--many", "20", "--json", str(out)])
+    for key in ("overhead_qkvo_mixed8", "overhead_all7_mixed8", "overhead_all7_mixed64", "speedup_vs_peft_mixed8",
+                "tokens_per_s", "machine", "torch", "commit"):
+        assert key in result, key
+    assert json.loads(out.read_text())["config"]["many"] == 20
+    assert out.with_suffix(".png").stat().st_size > 1000
+
+
+def test_serve_load_smoke(demo_server, tmp_path):
+    out = tmp_path / "load.json"
+    report = load("serve_load").main(["--url", demo_server.url, "--concurrency", "1,2", "--items", "1,4",
+                                      "--requests", "6", "--seconds", "5", "--json", str(out)])
+    assert set(report["http"]) == {"c1_i1", "c2_i1", "c1_i4", "c2_i4"}
+    assert all(cell["ok"] == cell["requests"] and not cell["errors"] for cell in report["http"].values())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    openai_report = load("serve_load").main(["--url", demo_server.url, "--api", "openai", "--concurrency", "1",
+                                             "--items", "2", "--requests", "3", "--seconds", "5"])
+    assert openai_report["http"]["c1_i2"]["ok"] == 3
