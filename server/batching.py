@@ -29,6 +29,7 @@ class BatchLimits:
     max_batch_wait_ms: float
     max_loras_per_batch: int
     max_queue_items: int
+    max_queue_tokens: int = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,10 @@ class Batcher:
     def queue_depth(self) -> int:
         return len(self._waiting)
 
+    @property
+    def batches_run(self) -> int:
+        return self._batches
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"batcher-{self.name}")
@@ -104,10 +109,13 @@ class Batcher:
         """Queue one request's rows; refuses the whole request when the queue would overflow."""
         if len(self._waiting) + len(input_ids) > self.limits.max_queue_items:
             raise errors.queue_full(f"queue holds {len(self._waiting)} items (limit {self.limits.max_queue_items})")
+        tokens = sum(len(ids) for ids in input_ids)
+        if self._waiting_tokens + tokens > self.limits.max_queue_tokens:
+            raise errors.queue_full(f"queue holds {self._waiting_tokens} tokens (limit {self.limits.max_queue_tokens})")
         loop = asyncio.get_running_loop()
         rows = [_Row(ids, adapter, loop.create_future()) for ids in input_ids]
         self._waiting.extend(rows)
-        self._waiting_tokens += sum(len(ids) for ids in input_ids)
+        self._waiting_tokens += tokens
         self._wakeup.set()
         return [row.future for row in rows]
 

@@ -66,6 +66,7 @@ def serve(args: argparse.Namespace, engine, models) -> int:
     import uvicorn
 
     from server.api.app import create_app
+    from server.api.lifecycle import DrainingServer
     from server.backends import create_backend, pick_device, resolve_backend_kind
     from server.engine import ModelEngine
 
@@ -82,6 +83,7 @@ def serve(args: argparse.Namespace, engine, models) -> int:
         engines[model.name] = ModelEngine(model, engine, backend)
     app = create_app(engines, engine)
     # Our own access log carries the request id; uvicorn keeps its own handlers off ours.
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level.lower(), access_log=False,
-                log_config=None)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
+                            access_log=False, log_config=None, timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.lifecycle, engine.shutdown_grace_s).run()
     return 0

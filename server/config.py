@@ -196,6 +196,7 @@ class EngineConfig:
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 0.0
     max_queue_items: int = 8192
+    max_queue_tokens: int = 1048576
     max_items_per_request: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024
     api_keys: tuple[str, ...] = ()
@@ -204,6 +205,7 @@ class EngineConfig:
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
     lora_failure_ttl_s: float = 300.0
+    shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
         where = "engine settings"
@@ -211,6 +213,8 @@ class EngineConfig:
         _require(where, self.max_batch_tokens >= 1, "max_batch_tokens must be >= 1")
         _require(where, self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0")
         _require(where, self.max_queue_items >= 1, "max_queue_items must be >= 1")
+        _require(where, self.max_queue_tokens >= 1, "max_queue_tokens must be >= 1")
+        _require(where, self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         _require(where, self.max_items_per_request >= 1, "max_items_per_request must be >= 1")
         _require(where, self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
         _require(where, self.max_items_per_request <= self.max_queue_items,

@@ -49,7 +49,8 @@ class ModelEngine:
         self.failure: str | None = None
         self.batcher = Batcher(backend.embed, BatchLimits(
             max_batch_tokens=engine.max_batch_tokens, max_batch_wait_ms=engine.max_batch_wait_ms,
-            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=engine.max_queue_items),
+            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=engine.max_queue_items,
+            max_queue_tokens=engine.max_queue_tokens),
             name=config.name)
         self.adapters = AdapterManager(config.name, backend, capacity=engine.max_loras_per_model,
                                        failure_ttl_s=engine.lora_failure_ttl_s)

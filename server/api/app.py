@@ -9,7 +9,7 @@ from typing import Mapping
 
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -17,6 +17,7 @@ from server import __version__, errors
 from server.api.admin import admin_router
 from server.api.auth import AuthMiddleware
 from server.api.common import find_engine, run_encode
+from server.api.lifecycle import DrainMiddleware, Lifecycle
 from server.api.middleware import RequestContextMiddleware, read_body
 from server.api.openai_routes import openai_router
 from server.api.openapi import ENCODE_OPENAPI, install_openapi
@@ -67,6 +68,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, load_in_background: bool = True) -> FastAPI:
     """Build the app; model loading starts when the app starts (in threads, so /readyz answers at once)."""
     metrics = Metrics(engines)
+    lifecycle = Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -89,7 +91,9 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
 
     app = FastAPI(title="multilora-embed", version=__version__, lifespan=lifespan,
                   description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI embeddings.")
+    app.state.lifecycle = lifecycle
     app.add_middleware(AuthMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths)
+    app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     app.include_router(admin_router(lambda model: find_engine(engines, model), settings))
@@ -107,11 +111,12 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         states = {name: engine.state for name, engine in engines.items()}
-        ready = all(state == "ready" for state in states.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "models": states},
-                            status_code=200 if ready else 503)
+        ready = all(state == "ready" for state in states.values()) and not lifecycle.draining
+        status = "draining" if lifecycle.draining else "ready" if ready else "not_ready"
+        return JSONResponse({"status": status, "models": states}, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 

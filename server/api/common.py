@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Mapping, Sequence
+from typing import Awaitable, Mapping, Sequence, TypeVar
 
 from starlette.requests import Request
 
@@ -15,6 +16,27 @@ from server.metrics import RequestTrack
 from server.options import EncodeOptions
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+CLIENT_GONE = 499  # nginx's "client closed request": nobody is left to read the answer
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so dropping its rows from pending batches) if the client leaves."""
+    task = asyncio.ensure_future(work)
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise errors.ApiError(CLIENT_GONE, "CLIENT_CLOSED", "the client closed the connection")
+    return task.result()
 
 
 def find_engine(engines: Mapping[str, ModelEngine], model: str) -> ModelEngine:
@@ -29,7 +51,7 @@ async def run_encode(engine: ModelEngine, texts: Sequence[str], options: EncodeO
     """engine.encode, with a vanished adapter as 400 and any other failure as 500 naming the request id."""
     track.adapter = options.lora_id
     try:
-        result = await engine.encode(texts, options)
+        result = await unless_disconnected(request, engine.encode(texts, options))
     except errors.ApiError:
         raise
     except AdapterNotLoaded:

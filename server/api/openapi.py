@@ -24,6 +24,10 @@ ENCODE_OPENAPI = {
     },
 }
 _COMPONENTS = {
+    "OpenAIError": {"type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}},
     "Error": {"type": "object", "required": ["detail"], "properties": {"detail": {
         "type": "object", "required": ["code", "message"],
         "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}}},
@@ -51,7 +55,27 @@ def install_openapi(app: FastAPI) -> None:
                 components.update(generated.pop("$defs", {}))
                 components[model.__name__] = generated
             components.update(_COMPONENTS)
+            _document_errors(document)
             app.openapi_schema = document
         return app.openapi_schema
 
     app.openapi = schema
+
+
+def _document_errors(document: dict) -> None:
+    """Our routes answer 400 (never FastAPI's 422) and may answer 401/404/503 in our error shapes."""
+    for path, operations in document["paths"].items():
+        error = "OpenAIError" if path == "/v1/embeddings" else "Error"
+        response = {"description": "Error", "content": {"application/json": {
+            "schema": {"$ref": REF.format(model=error)}}}}
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            for code in ("400", "401", "404", "413", "500", "502", "503"):
+                responses.setdefault(code, response)
+            if path == "/v1/embeddings":
+                responses["200"] = {"description": "OpenAI embedding list", "content": {"application/json": {
+                    "schema": {"type": "object", "required": ["object", "data", "model", "usage"]}}}}
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(name, None)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -28,8 +28,8 @@ class ItemIn(_Lenient):
 
 
 class ParamsIn(_Lenient):
-    output_types: list[StrictStr] | None = None
-    output_dtype: StrictStr | None = None
+    output_types: list[Literal["dense"]] | None = None
+    output_dtype: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] | None = None
     instruction: StrictStr | None = None
     options: dict[str, Any] | None = None
 

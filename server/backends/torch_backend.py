@@ -117,9 +117,25 @@ class TorchBackend(Backend):
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self.embed_sync, batch)
 
-    @torch.inference_mode()
     def embed_sync(self, batch: TokenBatch) -> np.ndarray:
-        """Runs on the worker thread: group rows by adapter slot, one forward, pool, restore order."""
+        """Runs on the worker thread. On device out-of-memory the batch is split in halves and retried,
+        down to single rows, before the error reaches the requests."""
+        try:
+            return self._forward(batch)
+        except torch.OutOfMemoryError:
+            if len(batch.input_ids) == 1:
+                raise
+            log.warning("%s: out of memory on %d rows; retrying in halves", self.config.name, len(batch.input_ids))
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = len(batch.input_ids) // 2
+            return np.concatenate([
+                self.embed_sync(TokenBatch(batch.input_ids[:half], batch.adapters[:half])),
+                self.embed_sync(TokenBatch(batch.input_ids[half:], batch.adapters[half:]))])
+
+    @torch.inference_mode()
+    def _forward(self, batch: TokenBatch) -> np.ndarray:
+        """Group rows by adapter slot, one forward, pool, restore order."""
         slots = []
         for adapter in batch.adapters:
             if adapter is None:

@@ -167,6 +167,9 @@ def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str
         scaling = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
         if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
             raise _fail(name, f"module {path!r} holds NaN or infinite weights")
-        modules[path] = LoraModule(a=a.to(device=device, dtype=dtype).contiguous(),
-                                   b=b.to(device=device, dtype=dtype).contiguous(), scaling=scaling)
+        # clone(): the loaded copy must not share memory with the file (safetensors may map it), so an
+        # adapter file rewritten or deleted on disk cannot change vectors of a resident adapter.
+        modules[path] = LoraModule(a=a.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
+                                   b=b.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
+                                   scaling=scaling)
     return LoraAdapter(name=name, source=str(folder), modules=modules)

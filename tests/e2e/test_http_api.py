@@ -100,8 +100,8 @@ def test_query_template_applies_only_to_queries(demo_server):
     ({"items": [{"text": "a"}], "params": {"options": {"profile": "tax"}}}, ["unknown profile 'tax'", "legal, medical"]),
     ({"items": [{"text": "a"}], "params": {"options": {"lora_id": "tax"}}},
      ["unknown lora_id 'tax'", "finance, legal, medical"]),
-    ({"items": [{"text": "a"}], "params": {"output_types": ["sparse"]}}, ["unsupported output type"]),
-    ({"items": [{"text": "a"}], "params": {"output_dtype": "int4"}}, ["unsupported output_dtype"]),
+    ({"items": [{"text": "a"}], "params": {"output_types": ["sparse"]}}, ["params.output_types", "'dense'"]),
+    ({"items": [{"text": "a"}], "params": {"output_dtype": "int4"}}, ["params.output_dtype", "'ubinary'"]),
     ({"items": [{"text": "a"}], "params": {"options": {"dims": 4096}}}, ["dims 4096 is out of range"]),
     ({"items": [{"text": "a"}], "params": {"options": "legal"}}, ["params.options"]),
 ])

@@ -1,0 +1,117 @@
+"""Draining: in-flight accounting, and on SIGTERM readiness fails, new work gets 503, in-flight work
+finishes (up to a deadline) before uvicorn is told to exit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+
+import uvicorn
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from server import errors
+from server.api.openai_errors import OPENAI_PATHS, openai_error_body
+
+log = logging.getLogger(__name__)
+PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+LINGER_S = 0.5
+
+
+class Lifecycle:
+    def __init__(self) -> None:
+        self.draining = False
+        self.in_flight = 0
+        self._idle: asyncio.Event | None = None
+
+    def _event(self) -> asyncio.Event:
+        if self._idle is None:
+            self._idle = asyncio.Event()
+        return self._idle
+
+    def enter(self) -> None:
+        self.in_flight += 1
+        self._event().clear()
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self._event().set()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Refuse new work and wait for in-flight requests; True when they all finished in time."""
+        self.draining = True
+        if self.in_flight == 0:
+            return True
+        try:
+            await asyncio.wait_for(self._event().wait(), timeout_s)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+class DrainMiddleware:
+    """Counts in-flight requests (probes excluded) and answers 503 SHUTTING_DOWN while draining."""
+
+    def __init__(self, app: ASGIApp, lifecycle: Lifecycle):
+        self.app = app
+        self.lifecycle = lifecycle
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBES:
+            await self.app(scope, receive, send)
+            return
+        if self.lifecycle.draining:
+            error = errors.ApiError(503, "SHUTTING_DOWN", "the server is shutting down; retry on another replica",
+                                    {"Retry-After": "1"})
+            body = openai_error_body(error) if scope["path"] in OPENAI_PATHS else error.body()
+            await send({"type": "http.response.start", "status": 503,
+                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                    (b"connection", b"close")]})
+            await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+            return
+        self.lifecycle.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.lifecycle.leave()
+
+
+class DrainingServer(uvicorn.Server):
+    """First SIGTERM/SIGINT: drain (readiness 503, in-flight finish within `grace_s`), then exit 0.
+    A second signal shuts down at once, as plain uvicorn does."""
+
+    def __init__(self, config: uvicorn.Config, lifecycle: Lifecycle, grace_s: float):
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.grace_s = grace_s
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._drain_started = False
+
+    async def serve(self, sockets=None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._drain_started or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self._drain_started = True
+        self.lifecycle.draining = True
+        log.info("signal %s: draining (%d in flight, up to %.0f s)", sig, self.lifecycle.in_flight, self.grace_s)
+
+        async def drain_then_exit() -> None:
+            finished = await self.lifecycle.drain(self.grace_s)
+            if not finished:
+                log.warning("drain deadline passed with %d requests in flight", self.lifecycle.in_flight)
+            # Stop accepting first (new clients get a refused connection: never sent, never lost), then keep
+            # answering 503 + Connection: close a moment longer on open connections, so a client that is
+            # mid-send gets an answer instead of a reset.
+            for listener in self.servers:
+                listener.close()
+            await asyncio.sleep(LINGER_S)
+            # should_exit directly, not super().handle_exit: uvicorn re-raises handled signals after shutdown
+            # (exit status 143); a drained shutdown is a clean one and exits 0.
+            self.should_exit = True
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))

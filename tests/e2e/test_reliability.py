@@ -1,0 +1,273 @@
+"""Reliability over real HTTP: the bad-input matrix (never reaching the backend), limits, client
+disconnects, failing forwards, out-of-memory splitting, adapter files changing on disk, and draining."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import msgpack
+import numpy as np
+import pytest
+import torch
+
+from server.backends.torch_backend import TorchBackend
+from tests.conftest import DEMO_MODEL, DEMO_YAML, REPO, LiveServer, build_app, free_port, wait_ready
+
+ENCODE = f"/v1/encode/{DEMO_MODEL}"
+JSON = "application/json"
+MSGPACK = "application/msgpack"
+
+
+@pytest.fixture(scope="module")
+def server(demo_config, demo_dirs):
+    app, engine = build_app(demo_config)
+    with LiveServer(app) as live:
+        live.engine = engine
+        yield live
+
+
+def send(url, body, content_type, path=ENCODE, **headers):
+    if isinstance(body, bytes):
+        content = body
+    elif content_type == MSGPACK:
+        content = msgpack.packb(body, use_bin_type=True)
+    else:
+        content = json.dumps(body).encode()
+    return httpx.post(url + path, content=content, headers={"Content-Type": content_type, "Accept": JSON,
+                                                             **headers}, timeout=60)
+
+
+BAD_SIE = [
+    ("malformed", None, 400, "INVALID_INPUT"),
+    ({"itemz": []}, None, 400, "INVALID_INPUT"),
+    ({"items": []}, None, 400, "INVALID_INPUT"),
+    ({"items": "text"}, None, 400, "INVALID_INPUT"),
+    ({"items": [1, 2]}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"id": "a"}]}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": ["a"]}]}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": ""}]}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "nul\x00byte"}]}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": 3}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": ["lora_id"]}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"lora_id": 7}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"is_query": "no"}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"dims": "64"}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"dims": 8}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"profile": "nope"}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"options": {"lora_id": "nope"}}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"output_types": ["multivector"]}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}], "params": {"output_dtype": "float64"}}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a " * 600}], "params": {"options": {"overflow_policy": "error"}}}, None, 400,
+     "INPUT_TOO_LONG"),
+    ({"items": [{"text": "a"}] * 10_000}, None, 400, "INVALID_INPUT"),
+    ({"items": [{"text": "a"}]}, "org/unknown-model", 404, "MODEL_NOT_FOUND"),
+]
+
+
+@pytest.mark.parametrize("content_type", [JSON, MSGPACK])
+@pytest.mark.parametrize("body, model, status, code", BAD_SIE)
+def test_bad_input_never_reaches_the_backend(server, content_type, body, model, status, code):
+    before = server.engine.batcher.batches_run
+    raw = (b"{oops" if content_type == JSON else b"\xc1") if body == "malformed" else body
+    response = send(server.url, raw, content_type, path=f"/v1/encode/{model}" if model else ENCODE)
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]["code"] == code
+    assert server.engine.batcher.batches_run == before
+    if isinstance(body, dict) and len(body.get("items", [])) == 10_000:
+        assert "limit of 2048 items" in response.json()["detail"]["message"]
+
+
+def test_invalid_utf8(server):
+    before = server.engine.batcher.batches_run
+    assert send(server.url, b'{"items": [{"text": "\xff\xfe"}]}', JSON).status_code == 400
+    bad_str = b"\x81\xa5items\x91\x81\xa4text\xa2\xff\xfe"  # msgpack {"items": [{"text": <invalid utf-8>}]}
+    assert send(server.url, bad_str, MSGPACK).status_code == 400
+    assert server.engine.batcher.batches_run == before
+
+
+def test_whitespace_and_huge_text(server):
+    assert send(server.url, {"items": [{"text": "   "}]}, JSON).status_code == 200  # documented: embedded as is
+    long = send(server.url, {"items": [{"text": "word " * 20_000}]}, MSGPACK)  # 100k characters: truncated
+    assert long.status_code == 200 and long.json()["usage"]["input_tokens"] == 512
+
+
+BAD_OPENAI = [
+    (b"{oops", 400), ({"input": "a"}, 400), ({"model": DEMO_MODEL}, 400), ({"model": DEMO_MODEL, "input": 5}, 400),
+    ({"model": DEMO_MODEL, "input": []}, 400), ({"model": DEMO_MODEL, "input": [1, 2]}, 400),
+    ({"model": DEMO_MODEL, "input": "a", "encoding_format": "hex"}, 400),
+    ({"model": DEMO_MODEL, "input": "a", "dimensions": "32"}, 400), ({"model": "nope", "input": "a"}, 404),
+    ({"model": f"{DEMO_MODEL}:nope", "input": "a"}, 400), ({"model": f"{DEMO_MODEL}:", "input": "a"}, 400),
+]
+
+
+@pytest.mark.parametrize("body, status", BAD_OPENAI)
+def test_bad_openai_input(server, body, status):
+    before = server.engine.batcher.batches_run
+    response = send(server.url, body, JSON, path="/v1/embeddings")
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["message"] and error["type"] == "invalid_request_error" and error["code"]
+    assert server.engine.batcher.batches_run == before
+
+
+def test_oversized_body_refused_before_it_is_read(server):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST {ENCODE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {200 * 1024 * 1024}\r\n\r\n".encode() + b'{"items": [')
+        reply = sock.recv(65536).decode("latin-1")  # answered without the other 200 MB being sent
+    assert reply.startswith("HTTP/1.1 413") and "INPUT_TOO_LONG" in reply
+
+
+class GatedBackend(TorchBackend):
+    """The real torch backend with a switchable hold before forwards and a record of what it ran."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.hold = threading.Event()
+        self.entered = threading.Event()
+        self.seen: list[list[int]] = []
+        self.poison: set[int] = set()
+
+    async def embed(self, batch):
+        if self.hold.is_set():
+            self.entered.set()
+            await asyncio.to_thread(lambda: [time.sleep(0.01) for _ in iter(self.hold.is_set, False)])
+        self.seen.extend(list(ids) for ids in batch.input_ids)
+        if any(len(ids) in self.poison for ids in batch.input_ids):
+            raise RuntimeError("simulated kernel failure")
+        return await super().embed(batch)
+
+
+def plain_config(demo_config):
+    return dataclasses.replace(demo_config, profiles={}, adapters=dataclasses.replace(demo_config.adapters,
+                                                                                      lora_paths={}))
+
+
+@pytest.fixture
+def gated(demo_config):
+    from server.config import EngineConfig
+
+    config = plain_config(demo_config)
+    backend = GatedBackend(config, EngineConfig(), "cpu")
+    app, engine = build_app(config, backend=backend)
+    with LiveServer(app) as live:
+        live.backend, live.engine = backend, engine
+        yield live
+
+
+def test_disconnected_clients_rows_are_dropped(gated):
+    gated.backend.hold.set()
+    first = threading.Thread(target=lambda: send(gated.url, {"items": [{"text": "holder"}]}, JSON))
+    first.start()
+    assert gated.backend.entered.wait(10)
+    marker = "zebra " * 37
+    with socket.create_connection(("127.0.0.1", gated.port), timeout=10) as sock:
+        body = json.dumps({"items": [{"text": marker}]}).encode()
+        sock.sendall(f"POST {ENCODE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        deadline = time.monotonic() + 10
+        while gated.engine.batcher.queue_depth == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    time.sleep(0.3)  # the server notices the closed connection and cancels the request
+    gated.backend.hold.clear()
+    first.join(30)
+    assert send(gated.url, {"items": [{"text": "after"}]}, JSON).status_code == 200
+    assert not any(len(ids) > 30 for ids in gated.backend.seen)  # the marker's ~38-token row never ran
+
+
+def test_failing_forward_fails_only_its_batch(gated):
+    poison_text, tokens = "poison pill", None
+    probe = send(gated.url, {"items": [{"text": poison_text}]}, JSON)
+    tokens = probe.json()["usage"]["input_tokens"]
+    gated.backend.poison = {tokens}
+    failed = send(gated.url, {"items": [{"text": poison_text}]}, JSON, **{"X-Request-ID": "req-poison"})
+    assert failed.status_code == 500
+    detail = failed.json()["detail"]
+    assert detail["code"] == "INFERENCE_ERROR" and "req-poison" in detail["message"]
+    assert send(gated.url, {"items": [{"text": "a healthy and rather longer request"}]}, JSON).status_code == 200
+    assert httpx.get(gated.url + "/readyz").status_code == 200
+
+
+def test_out_of_memory_splits_the_batch(demo_config, torch_backend):
+    """OOM cannot be provoked on a CPU on purpose; `_forward` is wrapped to raise torch's own
+    OutOfMemoryError above 2 rows, and the split results must equal the unsplit ones."""
+    from server.backends.base import TokenBatch
+
+    rows = [[100 + i, 200, 151643] for i in range(7)]
+    adapters = [None, "legal", "medical", "finance", "legal", None, "finance"]
+    expected = torch_backend.embed_sync(TokenBatch(rows, adapters))
+    real_forward, calls = torch_backend._forward, []
+
+    def limited(batch):
+        calls.append(len(batch.input_ids))
+        if len(batch.input_ids) > 2:
+            raise torch.OutOfMemoryError("simulated")
+        return real_forward(batch)
+
+    torch_backend._forward = limited
+    try:
+        result = torch_backend.embed_sync(TokenBatch(rows, adapters))
+    finally:
+        del torch_backend._forward
+    assert calls[0] == 7 and max(c for c in calls if c <= 2) == 2
+    np.testing.assert_allclose(result, expected, atol=1e-5)
+
+
+def test_adapter_file_changes_do_not_touch_the_loaded_copy(demo_config, tmp_path):
+    from server.demo_assets import ensure_builtin
+
+    root = tmp_path / "root"
+    shutil.copytree(ensure_builtin("builtin:qwen3-tiny/dynamic"), root)
+    config = dataclasses.replace(plain_config(demo_config), lora_roots=(str(root),))
+    app, _ = build_app(config)
+    body = {"items": [{"text": "a refund"}], "params": {"options": {"lora_id": "retail"}}}
+    with LiveServer(app) as live:
+        deadline = time.monotonic() + 30
+        while (first := send(live.url, body, JSON)).status_code == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = first.json()["items"][0]["dense"]["values"]
+        weights = root / "retail" / "adapter_model.safetensors"
+        weights.write_bytes(os.urandom(weights.stat().st_size))  # rewritten in place...
+        assert send(live.url, body, JSON).json()["items"][0]["dense"]["values"] == before
+        shutil.rmtree(root / "retail")  # ...then deleted
+        assert send(live.url, body, JSON).json()["items"][0]["dense"]["values"] == before
+
+
+def test_sigterm_drains_then_exits_zero(demo_dirs):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
+                                "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=120)
+        big = {"items": [{"text": f"long running request {i} " * 20} for i in range(2000)]}
+        outcome = {}
+        worker = threading.Thread(target=lambda: outcome.setdefault("big", send(url, big, MSGPACK)))
+        worker.start()
+        time.sleep(0.3)  # the big request is in flight
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        ready = httpx.get(url + "/readyz")
+        late = send(url, {"items": [{"text": "late"}]}, JSON)
+        worker.join(120)
+        code = process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert ready.status_code == 503 and ready.json()["status"] == "draining"
+    assert late.status_code == 503 and late.json()["detail"]["code"] == "SHUTTING_DOWN"
+    assert late.headers["Retry-After"] == "1"
+    assert outcome["big"].status_code == 200 and len(outcome["big"].json()["items"]) == 2000
+    assert code == 0

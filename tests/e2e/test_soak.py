@@ -1,0 +1,21 @@
+"""A 60-second soak of the demo server (benchmarks/soak.py): load above capacity, 10% bad requests,
+hot-loads and evictions, one SIGTERM-restart cycle. Nothing lost, no wrong vector, no 5xx but 503."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tests.conftest import REPO
+
+
+def test_soak_60s(demo_dirs, tmp_path):
+    spec = importlib.util.spec_from_file_location("soak", REPO / "benchmarks" / "soak.py")
+    soak = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(soak)
+    report = soak.main(["--duration", "60", "--restart", "--json", str(tmp_path / "soak.json")])
+    assert report["sent"] > 1000
+    assert report["lost"] == 0 and report["wrong_vectors"] == 0 and report["server_errors"] == 0
+    assert report["answered_by_status"].get("200", 0) > report["sent"] // 3
+    assert any(key.startswith("400") for key in report["answered_by_status"])
+    assert report["exit_codes"] == [0, 0]
+    assert report["rss_growth_mb"] < 100
