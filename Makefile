@@ -7,7 +7,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 
-.PHONY: venv run test check clean
+.PHONY: venv run test test-sglang check clean
 
 venv: $(STAMP)
 
@@ -30,5 +30,10 @@ check: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and ../shared/spec/SGLANG.md).
+test-sglang:
+	bash tests/sglang/setup_venv.sh
+	SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=$(CURDIR)/tests/sglang/stubs .venv-sglang/bin/python -m pytest -q -m sglang tests/sglang
+
 clean:
-	rm -rf $(VENV) .cache .pytest_cache
+	rm -rf $(VENV) .venv-sglang .cache .pytest_cache

@@ -6,6 +6,7 @@ a backend only runs the model and keeps adapters resident.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -60,6 +61,13 @@ class Backend(ABC):
     @abstractmethod
     def unload_adapter(self, name: str) -> None:
         """Drop a resident adapter (blocking)."""
+
+    async def load_adapter_async(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
+        """Called on the serving loop; backends with a native async API (SGLang) override it."""
+        return await asyncio.to_thread(self.load_adapter, name, folder, pinned=pinned)
+
+    async def unload_adapter_async(self, name: str) -> None:
+        await asyncio.to_thread(self.unload_adapter, name)
 
     @abstractmethod
     def adapters(self) -> Mapping[str, AdapterInfo]:

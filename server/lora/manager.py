@@ -137,7 +137,7 @@ class AdapterManager:
             while entry.leases:
                 self._released.clear()
                 await self._released.wait()
-            await asyncio.to_thread(self.backend.unload_adapter, name)
+            await self.backend.unload_adapter_async(name)
         self.entries.pop(name, None)
 
     # -- loading and eviction --------------------------------------------------------------------
@@ -156,8 +156,7 @@ class AdapterManager:
             try:
                 await self._make_room()
                 folder = await asyncio.to_thread(resolve_source, entry.source, kind="adapter")
-                entry.info = await asyncio.to_thread(self.backend.load_adapter, entry.name, str(folder),
-                                                     pinned=entry.pinned)
+                entry.info = await self.backend.load_adapter_async(entry.name, str(folder), pinned=entry.pinned)
                 entry.state = "ready"
             except Exception as exc:
                 self.counters["load_failures"] += 1
@@ -177,7 +176,7 @@ class AdapterManager:
             if victim is not None:
                 victim.state = "unloading"
                 log.info("%s: evicting adapter %r (least recently used)", self.model, victim.name)
-                await asyncio.to_thread(self.backend.unload_adapter, victim.name)
+                await self.backend.unload_adapter_async(victim.name)
                 self.entries.pop(victim.name, None)
                 self.counters["evictions"] += 1
                 continue

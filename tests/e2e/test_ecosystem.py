@@ -159,6 +159,8 @@ def test_request_id_echoed_and_logged(server):
     assert any(line["request_id"] == "trace-42" and line["status"] == 200 and line["path"].startswith("/v1/encode")
                for line in access)
     assert any(line["request_id"] == generated for line in access)
+    progress = [line["message"] for line in lines if "[" in line["message"] and "/4]" in line["message"]]
+    assert any("[4/4] adapter finance" in message for message in progress)  # start-up progress as log lines
 
 
 def test_openapi_and_docs(server):

@@ -1,7 +1,6 @@
 """Schemathesis against the server's own OpenAPI schema over loopback: no 5xx, no schema violations.
 
-The default run is short (a few examples per operation); `SIE_FUZZ_EXAMPLES=500 pytest -m fuzz`
-runs the long opt-in tier.
+The default run is short (a few examples per operation); `pytest -m fuzz` runs the long opt-in tier.
 """
 
 from __future__ import annotations
@@ -42,27 +41,31 @@ def operations(url: str):
         yield result.ok()
 
 
-def test_api_conforms_to_its_schema(fuzz_server):
+def run_schema_checks(url: str, examples: int) -> list[str]:
     """Every operation, positive and negative examples: each answer is documented, in its schema, never 5xx.
-
     Driven through hypothesis directly (schemathesis' lazy pytest plugin does not run on pytest 9)."""
     checked = []
-    for operation in operations(fuzz_server.url):
+    for operation in operations(url):
         if operation.method.upper() == "DELETE":  # would unload adapters the other checks rely on
             continue
 
-        @hypothesis.settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
+        @hypothesis.settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                              suppress_health_check=list(hypothesis.HealthCheck))
         @hypothesis.given(case=operation.as_strategy())
         def check(case):
-            case.call_and_validate(base_url=fuzz_server.url, checks=CHECKS)
+            case.call_and_validate(base_url=url, checks=CHECKS)
 
         check()
         checked.append(f"{operation.method.upper()} {operation.path}")
+    return checked
+
+
+def test_api_conforms_to_its_schema(fuzz_server):
+    checked = run_schema_checks(fuzz_server.url, EXAMPLES)
     assert "POST /v1/encode/{model}" in checked and "POST /v1/embeddings" in checked
 
 
 @pytest.mark.fuzz
-def test_long_fuzz_tier_is_opt_in():
-    """Marker anchor: `pytest -m fuzz` with SIE_FUZZ_EXAMPLES set runs the schema test above longer."""
-    assert EXAMPLES >= 1
+def test_api_conforms_to_its_schema_long(fuzz_server):
+    """Opt-in tier: `pytest -m fuzz` (SIE_FUZZ_LONG_EXAMPLES, default 500 examples per operation)."""
+    run_schema_checks(fuzz_server.url, int(os.environ.get("SIE_FUZZ_LONG_EXAMPLES", "500")))
