@@ -102,20 +102,15 @@ class Server:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
+        from tests.conftest import wait_ready
+
         self.log = tempfile.TemporaryFile("w+")
         self.process = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"server exited with {self.process.returncode}: {self.log.read()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.url} not ready after 180 s")
+        try:
+            wait_ready(self.url, timeout=180, process=self.process)
+        except RuntimeError as exc:
+            self.log.seek(0)
+            raise RuntimeError(f"{exc}:\n{self.log.read()[-2000:]}") from None
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():

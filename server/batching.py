@@ -81,7 +81,8 @@ class Batcher:
 
     @property
     def queue_depth(self) -> int:
-        return len(self._waiting)
+        """Rows waiting for a batch (rows of clients that went away no longer count)."""
+        return sum(not row.future.done() for row in self._waiting)
 
     @property
     def batches_run(self) -> int:

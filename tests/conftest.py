@@ -123,11 +123,14 @@ def build_app(model_config, *, backend=None, **engine_settings):
     return create_app({model_config.name: engine}, settings, load_in_background=False), engine
 
 
-def wait_ready(url: str, timeout: float = 60.0) -> None:
+def wait_ready(url: str, timeout: float = 60.0, process=None) -> None:
+    """Poll /readyz until 200; with `process`, fail at once if that server process has exited."""
     import httpx
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server process exited with {process.returncode} before {url} was ready")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -135,6 +138,51 @@ def wait_ready(url: str, timeout: float = 60.0) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} not ready after {timeout} s")
+
+
+def make_gated_backend():
+    """The real torch backend with test controls around its forward (no numerics are changed):
+    `hold` keeps forwards waiting (so rows can be queued on purpose), `entered` says one is waiting,
+    `seen` records every row that reached a forward, a row whose length is in `poison` makes its batch
+    fail, and `loads` records adapter loads."""
+    import asyncio
+
+    from server.backends.torch_backend import TorchBackend
+
+    class GatedBackend(TorchBackend):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.hold = threading.Event()
+            self.entered = threading.Event()
+            self.seen: list[list[int]] = []
+            self.poison: set[int] = set()
+            self.loads: list[str] = []
+
+        async def embed(self, batch):
+            if self.hold.is_set():
+                self.entered.set()
+                await asyncio.to_thread(lambda: [time.sleep(0.01) for _ in iter(self.hold.is_set, False)])
+            self.seen.extend(list(ids) for ids in batch.input_ids)
+            if any(len(ids) in self.poison for ids in batch.input_ids):
+                raise RuntimeError("simulated kernel failure")
+            return await super().embed(batch)
+
+        def load_adapter(self, name, folder, *, pinned=False):
+            self.loads.append(name)
+            return super().load_adapter(name, folder, pinned=pinned)
+
+    return GatedBackend
+
+
+def poll_while_loading(call, timeout: float = 30.0):
+    """Repeat `call()` (an HTTP request) while it answers 503 LORA_LOADING, as the SIE SDK does."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = call()
+        if response.status_code != 503 or time.monotonic() > deadline:
+            return response
+        assert response.json()["detail"]["code"] == "LORA_LOADING" and response.headers["Retry-After"] == "1"
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="session")

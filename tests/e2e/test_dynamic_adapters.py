@@ -19,9 +19,8 @@ from sie_sdk import SIEClient
 from sie_sdk.client.errors import RequestError
 from sie_sdk.types import Item
 
-from server.backends.torch_backend import TorchBackend
 from server.config import EngineConfig
-from tests.conftest import DEMO_MODEL, LiveServer, build_app
+from tests.conftest import DEMO_MODEL, LiveServer, build_app, make_gated_backend, poll_while_loading
 
 JSON = {"Accept": "application/json"}
 ENCODE = f"/v1/encode/{DEMO_MODEL}"
@@ -75,14 +74,7 @@ def post(url, lora_id=None, text=TEXT, **kwargs):
 
 
 def until_settled(url, lora_id, timeout=30.0):
-    """Repeat like the SDK does on 503 LORA_LOADING; returns the first other response."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = post(url, lora_id)
-        if response.status_code != 503 or time.monotonic() > deadline:
-            return response
-        assert response.json()["detail"]["code"] == "LORA_LOADING" and response.headers["Retry-After"] == "1"
-        time.sleep(0.05)
+    return poll_while_loading(lambda: post(url, lora_id), timeout)
 
 
 def vector(response):
@@ -197,30 +189,10 @@ def test_hot_load_does_not_stall_other_traffic(dynamic_server):
     assert max(latencies) < 5.0
 
 
-class GatedBackend(TorchBackend):
-    """The real torch backend whose forwards wait while `hold` is set, so rows can be kept queued."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.hold = threading.Event()
-        self.entered = threading.Event()
-        self.loads: list[str] = []
-
-    async def embed(self, batch):
-        if self.hold.is_set():
-            self.entered.set()
-            await asyncio.to_thread(lambda: [time.sleep(0.01) for _ in iter(self.hold.is_set, False)])
-        return await super().embed(batch)
-
-    def load_adapter(self, name, folder, *, pinned=False):
-        self.loads.append(name)
-        return super().load_adapter(name, folder, pinned=pinned)
-
-
 def test_eviction_never_takes_an_adapter_with_queued_rows(demo_config, adapter_root, demo_dirs):
     config = dynamic_config(demo_config, adapter_root)
     settings = EngineConfig(max_loras_per_model=4)  # 3 pinned preloaded + room for one dynamic adapter
-    backend = GatedBackend(config, settings, "cpu")
+    backend = make_gated_backend()(config, settings, "cpu")
     app, engine = build_app(config, backend=backend, max_loras_per_model=4)
     retail_reference = peft_vector(demo_dirs["model"], adapter_root / "retail", TEXT)
     with LiveServer(app) as live:

@@ -36,7 +36,7 @@ def server(demo_dirs, tmp_path_factory):
                                    env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=120)
+        wait_ready(url, timeout=120, process=process)
         yield url, log_path
     finally:
         process.send_signal(signal.SIGTERM)

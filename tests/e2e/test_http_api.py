@@ -13,7 +13,7 @@ import pytest
 from sie_sdk._msgpack import unpackb as sdk_unpackb
 
 from server.backends.torch_backend import TorchBackend
-from tests.conftest import DEMO_MODEL, LiveServer, build_app, wait_ready
+from tests.conftest import DEMO_MODEL, LiveServer, build_app, make_gated_backend, wait_ready
 
 JSON = {"Accept": "application/json"}
 ENCODE = f"/v1/encode/{DEMO_MODEL}"
@@ -242,25 +242,12 @@ def test_model_load_failed(demo_config, tmp_path):
         assert httpx.get(live.url + "/v1/models").json()["models"][0]["state"] == "failed"
 
 
-class GatedBackend(TorchBackend):
-    """The real torch backend whose forwards wait on a gate, so the queue can be filled on purpose."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    async def embed(self, batch):
-        self.entered.set()
-        await asyncio.to_thread(self.release.wait, 30)
-        return await super().embed(batch)
-
-
 def test_queue_full(demo_config):
     config = no_adapters(demo_config)
     from server.config import EngineConfig
 
-    backend = GatedBackend(config, EngineConfig(), "cpu")
+    backend = make_gated_backend()(config, EngineConfig(), "cpu")
+    backend.hold.set()
     app, engine = build_app(config, backend=backend, max_queue_items=4, max_items_per_request=4,
                             max_batch_tokens=8)
 
@@ -273,7 +260,7 @@ def test_queue_full(demo_config):
             while engine.batcher.queue_depth < 4:
                 await asyncio.sleep(0.01)
             refused = await client.post(ENCODE, json={"items": [{"text": "b"}]})
-            backend.release.set()
+            backend.hold.clear()
             return refused, await first, await held
 
     with LiveServer(app) as live:

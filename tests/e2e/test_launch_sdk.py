@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -30,7 +29,7 @@ def launched(demo_dirs):
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=120)
+        wait_ready(url, timeout=120, process=process)
         yield url
     finally:
         process.send_signal(signal.SIGTERM)

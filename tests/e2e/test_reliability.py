@@ -3,7 +3,6 @@ disconnects, failing forwards, out-of-memory splitting, adapter files changing o
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import os
@@ -21,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.backends.torch_backend import TorchBackend
-from tests.conftest import DEMO_MODEL, DEMO_YAML, REPO, LiveServer, build_app, free_port, wait_ready
+from tests.conftest import (DEMO_MODEL, DEMO_YAML, REPO, LiveServer, build_app, free_port, make_gated_backend,
+                            poll_while_loading, wait_ready)
 
 ENCODE = f"/v1/encode/{DEMO_MODEL}"
 JSON = "application/json"
@@ -129,26 +128,6 @@ def test_oversized_body_refused_before_it_is_read(server):
     assert reply.startswith("HTTP/1.1 413") and "INPUT_TOO_LONG" in reply
 
 
-class GatedBackend(TorchBackend):
-    """The real torch backend with a switchable hold before forwards and a record of what it ran."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.hold = threading.Event()
-        self.entered = threading.Event()
-        self.seen: list[list[int]] = []
-        self.poison: set[int] = set()
-
-    async def embed(self, batch):
-        if self.hold.is_set():
-            self.entered.set()
-            await asyncio.to_thread(lambda: [time.sleep(0.01) for _ in iter(self.hold.is_set, False)])
-        self.seen.extend(list(ids) for ids in batch.input_ids)
-        if any(len(ids) in self.poison for ids in batch.input_ids):
-            raise RuntimeError("simulated kernel failure")
-        return await super().embed(batch)
-
-
 def plain_config(demo_config):
     return dataclasses.replace(demo_config, profiles={}, adapters=dataclasses.replace(demo_config.adapters,
                                                                                       lora_paths={}))
@@ -159,7 +138,7 @@ def gated(demo_config):
     from server.config import EngineConfig
 
     config = plain_config(demo_config)
-    backend = GatedBackend(config, EngineConfig(), "cpu")
+    backend = make_gated_backend()(config, EngineConfig(), "cpu")
     app, engine = build_app(config, backend=backend)
     with LiveServer(app) as live:
         live.backend, live.engine = backend, engine
@@ -179,7 +158,10 @@ def test_disconnected_clients_rows_are_dropped(gated):
         deadline = time.monotonic() + 10
         while gated.engine.batcher.queue_depth == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
-    time.sleep(0.3)  # the server notices the closed connection and cancels the request
+    deadline = time.monotonic() + 10  # the server notices the closed connection and cancels the request
+    while gated.engine.batcher.queue_depth and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gated.engine.batcher.queue_depth == 0
     gated.backend.hold.clear()
     first.join(30)
     assert send(gated.url, {"items": [{"text": "after"}]}, JSON).status_code == 200
@@ -233,15 +215,20 @@ def test_adapter_file_changes_do_not_touch_the_loaded_copy(demo_config, tmp_path
     app, _ = build_app(config)
     body = {"items": [{"text": "a refund"}], "params": {"options": {"lora_id": "retail"}}}
     with LiveServer(app) as live:
-        deadline = time.monotonic() + 30
-        while (first := send(live.url, body, JSON)).status_code == 503 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        first = poll_while_loading(lambda: send(live.url, body, JSON))
         before = first.json()["items"][0]["dense"]["values"]
         weights = root / "retail" / "adapter_model.safetensors"
         weights.write_bytes(os.urandom(weights.stat().st_size))  # rewritten in place...
         assert send(live.url, body, JSON).json()["items"][0]["dense"]["values"] == before
         shutil.rmtree(root / "retail")  # ...then deleted
         assert send(live.url, body, JSON).json()["items"][0]["dense"]["values"] == before
+
+
+def queued_rows(url: str) -> float:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
+    return sum(sample.value for sample in families["sie_queue_depth"].samples)
 
 
 def test_sigterm_drains_then_exits_zero(demo_dirs):
@@ -251,12 +238,14 @@ def test_sigterm_drains_then_exits_zero(demo_dirs):
                                stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=120)
+        wait_ready(url, timeout=120, process=process)
         big = {"items": [{"text": f"long running request {i} " * 20} for i in range(2000)]}
         outcome = {}
         worker = threading.Thread(target=lambda: outcome.setdefault("big", send(url, big, MSGPACK)))
         worker.start()
-        time.sleep(0.3)  # the big request is in flight
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not queued_rows(url):
+            time.sleep(0.02)  # wait until the big request is in flight
         process.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         ready = httpx.get(url + "/readyz")

@@ -38,7 +38,7 @@ def sglang_server(demo_dirs, tmp_path_factory):
                                    env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(url, timeout=300)
+        wait_ready(url, timeout=300, process=process)
         yield url
     except RuntimeError:
         pytest.fail(f"SGLang server did not start:\n{log_path.read_text()[-4000:]}")
