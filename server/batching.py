@@ -78,6 +78,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._batches = 0
         self.on_batch: Callable[[int, int, int], None] | None = None  # (rows, padded tokens, adapters)
+        self.running: tuple[str | None, ...] = ()  # the adapters of the rows in the forward now running
 
     @property
     def queue_depth(self) -> int:
@@ -87,6 +88,9 @@ class Batcher:
     @property
     def batches_run(self) -> int:
         return self._batches
+
+    def waiting_adapters(self) -> set[str | None]:
+        return {row.adapter for row in self._waiting if not row.future.done()}
 
     def start(self) -> None:
         if self._task is None:
@@ -159,6 +163,7 @@ class Batcher:
         if self.on_batch is not None:
             self.on_batch(len(batch), len(batch) * max(len(r.ids) for r in batch), len({r.adapter for r in batch}))
         started = time.perf_counter()
+        self.running = tuple(r.adapter for r in batch)
         try:
             vectors = await self._run(TokenBatch([r.ids for r in batch], [r.adapter for r in batch]))
         except Exception as exc:  # fail this batch's rows only; the loop keeps serving
@@ -167,6 +172,8 @@ class Batcher:
                 if not row.future.done():
                     row.future.set_exception(exc)
             return
+        finally:
+            self.running = ()
         finished = time.perf_counter()
         for row, vector in zip(batch, vectors):
             if not row.future.done():

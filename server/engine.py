@@ -40,20 +40,20 @@ class EncodeResult:
 class ModelEngine:
     """States: loading -> ready, or loading -> failed (with the cause)."""
 
-    def __init__(self, config: ModelConfig, engine: EngineConfig, backend: Backend):
+    def __init__(self, config: ModelConfig, settings: EngineConfig, backend: Backend):
         self.config = config
-        self.engine = engine
+        self.settings = settings
         self.backend = backend
         self.tokenizer: TextTokenizer | None = None
         self.state = "loading"
         self.failure: str | None = None
         self.batcher = Batcher(backend.embed, BatchLimits(
-            max_batch_tokens=engine.max_batch_tokens, max_batch_wait_ms=engine.max_batch_wait_ms,
-            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=engine.max_queue_items,
-            max_queue_tokens=engine.max_queue_tokens),
+            max_batch_tokens=settings.max_batch_tokens, max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=settings.max_queue_items,
+            max_queue_tokens=settings.max_queue_tokens),
             name=config.name)
-        self.adapters = AdapterManager(config.name, backend, capacity=engine.max_loras_per_model,
-                                       failure_ttl_s=engine.lora_failure_ttl_s)
+        self.adapters = AdapterManager(config.name, backend, capacity=settings.max_loras_per_model,
+                                       failure_ttl_s=settings.lora_failure_ttl_s)
 
     @property
     def name(self) -> str:
@@ -76,8 +76,8 @@ class ModelEngine:
                 eos_token=self.config.eos_token)
             self.backend.start()
             roots = tuple(resolve_source(root, kind="adapter root")
-                          for root in self.config.lora_roots + self.engine.lora_roots)
-            self.adapters.sources = DynamicSources(roots, self.config.lora_allow + self.engine.lora_allow)
+                          for root in self.config.lora_roots + self.settings.lora_roots)
+            self.adapters.sources = DynamicSources(roots, self.config.lora_allow + self.settings.lora_allow)
             self.adapters.register_preloaded(dict(self.config.adapters.lora_paths))
             if self.config.dims is not None and self.config.dims > self.backend.hidden_size:
                 raise ValueError(f"dims {self.config.dims} is larger than the model's hidden size "
@@ -99,9 +99,9 @@ class ModelEngine:
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         self.check_ready()
         check_dims(options.dims, self.dims, self.config.min_dims)
-        if len(texts) > self.engine.max_items_per_request:
+        if len(texts) > self.settings.max_items_per_request:
             raise errors.invalid_input(f"{len(texts)} items is over the limit of "
-                                       f"{self.engine.max_items_per_request} items per request")
+                                       f"{self.settings.max_items_per_request} items per request")
         if options.lora_id is None:
             return await self._encode(texts, options)
         self.adapters.acquire(options.lora_id)

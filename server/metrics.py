@@ -51,6 +51,25 @@ class EngineCollector:
             failures.add_metric([name], engine.adapters.counters["load_failures"])
             evictions.add_metric([name], engine.adapters.counters["evictions"])
         yield from (depth, resident, loads, failures, evictions)
+        yield from self.gateway_families()
+
+    def gateway_families(self):
+        """The vLLM-named series the Kubernetes inference gateway (llm-d endpoint picker) scrapes. Adapter
+        names are written as OpenAI clients write them: `<model>:<adapter>`."""
+        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Rows waiting for a batch", labels=["model_name"])
+        running = GaugeMetricFamily("vllm:num_requests_running", "Rows in the forward now running",
+                                    labels=["model_name"])
+        info = GaugeMetricFamily("vllm:lora_requests_info", "Resident and queued LoRA adapters",
+                                 labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
+        running_names, waiting_names, max_lora = [], [], 0
+        for name, engine in self.engines.items():
+            waiting.add_metric([name], engine.batcher.queue_depth)
+            running.add_metric([name], len(engine.batcher.running))
+            running_names += [f"{name}:{a}" for a in sorted(engine.adapters.ready_names())]
+            waiting_names += [f"{name}:{a}" for a in sorted(a for a in engine.batcher.waiting_adapters() if a)]
+            max_lora += engine.settings.max_loras_per_model
+        info.add_metric([str(max_lora), ",".join(running_names), ",".join(waiting_names)], time.time())
+        yield from (waiting, running, info)
 
 
 class Metrics:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr, ValidationError
 
 from server import errors
@@ -23,8 +23,26 @@ class LoadLoraIn(BaseModel):
     pin: StrictBool = False
 
 
-def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfig) -> APIRouter:
+class VllmLoraIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    lora_name: StrictStr
+    lora_path: StrictStr | None = None
+
+
+def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfig,
+                 models: Callable[[], list[str]]) -> APIRouter:
     router = APIRouter()
+
+    def vllm_target(lora_name: str) -> tuple[ModelEngine, str]:
+        """`<model>:<adapter>`, or a bare adapter name when one model is served."""
+        model, sep, name = lora_name.rpartition(":")
+        if sep:
+            return engine_for(model), name
+        served = models()
+        if len(served) != 1:
+            raise errors.invalid_input(f"lora_name {lora_name!r} must be '<model>:<adapter>' when several models "
+                                       f"are served ({', '.join(served)})")
+        return engine_for(served[0]), lora_name
 
     @router.get("/v1/models/{model:path}/loras")
     async def list_loras(model: str) -> dict:
@@ -44,6 +62,32 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
             raise errors.invalid_input(f"adapter name {spec.name!r} must be 1-128 letters, digits, '-', '_', '.'")
         entry, created = await engine.adapters.load(spec.name, spec.source, pin=spec.pin)
         return JSONResponse(entry.describe(), status_code=201 if created else 200)
+
+    @router.post("/v1/load_lora_adapter")
+    async def vllm_load(request: Request) -> PlainTextResponse:
+        """vLLM's route (what gateways and vLLM tooling call): {"lora_name", "lora_path"}."""
+        body = decode_body(await read_body(request, settings.max_body_bytes), "application/json")
+        try:
+            spec = VllmLoraIn.model_validate(body)
+        except ValidationError as exc:
+            raise errors.invalid_input(describe(exc)) from None
+        engine, name = vllm_target(spec.lora_name)
+        engine.check_ready()
+        if not valid_adapter_name(name):
+            raise errors.invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
+        await engine.adapters.load(name, spec.lora_path or "")
+        return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' added successfully.")
+
+    @router.post("/v1/unload_lora_adapter")
+    async def vllm_unload(request: Request) -> PlainTextResponse:
+        body = decode_body(await read_body(request, settings.max_body_bytes), "application/json")
+        try:
+            spec = VllmLoraIn.model_validate(body)
+        except ValidationError as exc:
+            raise errors.invalid_input(describe(exc)) from None
+        engine, name = vllm_target(spec.lora_name)
+        await engine.adapters.unload(name)
+        return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' removed successfully.")
 
     @router.delete("/v1/models/{model:path}/loras/{name}")
     async def unload_lora(model: str, name: str) -> dict:

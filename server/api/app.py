@@ -96,7 +96,7 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
     app.add_middleware(DrainMiddleware, lifecycle=lifecycle)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
-    app.include_router(admin_router(lambda model: find_engine(engines, model), settings))
+    app.include_router(admin_router(lambda model: find_engine(engines, model), settings, lambda: list(engines)))
     app.include_router(openai_router(engines, settings, metrics))
     install_openapi(app)
 

@@ -4,7 +4,9 @@ request that carries it, and bounded body reading."""
 from __future__ import annotations
 
 import logging
+import os
 import re
+import socket
 import time
 import uuid
 
@@ -17,11 +19,17 @@ _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("server.access")
 
 
+def replica_id() -> str:
+    """Which server answered (scale-out: which replica); SIE_REPLICA_ID, else host and process."""
+    return os.environ.get("SIE_REPLICA_ID") or f"{socket.gethostname()}-{os.getpid()}"
+
+
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware buffering)."""
 
     def __init__(self, app: ASGIApp):
         self.app = app
+        self.replica = replica_id().encode("latin-1", "replace")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -35,7 +43,8 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1")),
+                                      (b"x-replica-id", self.replica)]
             await send(message)
 
         try:

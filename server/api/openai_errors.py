@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 
 from server import errors
 
-OPENAI_PATHS = frozenset({"/v1/embeddings"})
+OPENAI_PATHS = frozenset({"/v1/embeddings", "/openai/v1/embeddings", "/openai/v1/models"})
 
 
 def openai_error_body(error: errors.ApiError) -> dict:

@@ -69,8 +69,22 @@ def split_model(engines: Mapping[str, ModelEngine], name: str) -> tuple[ModelEng
 def openai_router(engines: Mapping[str, ModelEngine], settings: EngineConfig, metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
-    @router.post("/v1/embeddings", openapi_extra={"requestBody": {"required": True, "content": {
-        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsIn"}}}}})
+    @router.get("/openai/v1/models")
+    async def openai_models() -> dict:
+        """OpenAI's model list (SIE owns /v1/models): each model, then `<model>:<adapter|profile>` ids."""
+        data = []
+        for name, engine in engines.items():
+            data.append({"id": name, "object": "model", "created": 0, "owned_by": "multilora-embed"})
+            for suffix in sorted(set(engine.adapters.ready_names()) | set(engine.config.profiles)):
+                data.append({"id": f"{name}:{suffix}", "object": "model", "created": 0,
+                             "owned_by": "multilora-embed", "parent": name})
+        return {"object": "list", "data": data}
+
+    body_schema = {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsIn"}}}}}
+
+    @router.post("/openai/v1/embeddings", openapi_extra=body_schema)
+    @router.post("/v1/embeddings", openapi_extra=body_schema)
     async def embeddings(request: Request) -> Response:
         try:
             with metrics.track("openai") as track:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from server.api.openai_errors import OPENAI_PATHS
 from server.api.schemas import EncodeRequestIn
 
 REF = "#/components/schemas/{model}"
@@ -65,7 +66,7 @@ def install_openapi(app: FastAPI) -> None:
 def _document_errors(document: dict) -> None:
     """Our routes answer 400 (never FastAPI's 422) and may answer 401/404/503 in our error shapes."""
     for path, operations in document["paths"].items():
-        error = "OpenAIError" if path == "/v1/embeddings" else "Error"
+        error = "OpenAIError" if path in OPENAI_PATHS else "Error"
         response = {"description": "Error", "content": {"application/json": {
             "schema": {"$ref": REF.format(model=error)}}}}
         for operation in operations.values():
@@ -73,7 +74,7 @@ def _document_errors(document: dict) -> None:
             responses.pop("422", None)
             for code in ("400", "401", "404", "413", "500", "502", "503"):
                 responses.setdefault(code, response)
-            if path == "/v1/embeddings":
+            if path.endswith("/embeddings"):
                 responses["200"] = {"description": "OpenAI embedding list", "content": {"application/json": {
                     "schema": {"type": "object", "required": ["object", "data", "model", "usage"]}}}}
     schemas = document.get("components", {}).get("schemas", {})
