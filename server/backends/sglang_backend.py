@@ -112,6 +112,10 @@ class SGLangBackend(Backend):
     def close(self) -> None:
         import psutil
 
+        if self._children and threading.current_thread() is threading.main_thread():
+            # SGLang's children send SIGQUIT to this process when they die, and SGLang answers that by
+            # killing the whole process tree (this server included). Here they die because we stop them.
+            signal.signal(signal.SIGQUIT, signal.SIG_IGN)
         for process in self._children:
             try:
                 process.terminate()
