@@ -1,4 +1,4 @@
-"""Adapter admin routes: load (POST), unload (DELETE) and list, guarded by the API key."""
+"""Adapter admin routes: load (POST), unload (DELETE), list, and vLLM's load/unload pair; behind the API key."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
                  models: Callable[[], list[str]]) -> APIRouter:
     router = APIRouter()
 
+    async def parse(request: Request, model: type[BaseModel]):
+        body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
+        try:
+            return model.model_validate(body)
+        except ValidationError as exc:
+            raise errors.invalid_input(describe(exc)) from None
+
+    def check_name(name: str) -> None:
+        if not valid_adapter_name(name):
+            raise errors.invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
+
     def vllm_target(lora_name: str) -> tuple[ModelEngine, str]:
         """`<model>:<adapter>`, or a bare adapter name when one model is served."""
         model, sep, name = lora_name.rpartition(":")
@@ -53,38 +64,24 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
     async def load_lora(model: str, request: Request) -> JSONResponse:
         engine = engine_for(model)
         engine.check_ready()
-        body = decode_body(await read_body(request, settings.max_body_bytes), request.headers.get("content-type"))
-        try:
-            spec = LoadLoraIn.model_validate(body)
-        except ValidationError as exc:
-            raise errors.invalid_input(describe(exc)) from None
-        if not valid_adapter_name(spec.name):
-            raise errors.invalid_input(f"adapter name {spec.name!r} must be 1-128 letters, digits, '-', '_', '.'")
+        spec = await parse(request, LoadLoraIn)
+        check_name(spec.name)
         entry, created = await engine.adapters.load(spec.name, spec.source, pin=spec.pin)
         return JSONResponse(entry.describe(), status_code=201 if created else 200)
 
     @router.post("/v1/load_lora_adapter")
     async def vllm_load(request: Request) -> PlainTextResponse:
         """vLLM's route (what gateways and vLLM tooling call): {"lora_name", "lora_path"}."""
-        body = decode_body(await read_body(request, settings.max_body_bytes), "application/json")
-        try:
-            spec = VllmLoraIn.model_validate(body)
-        except ValidationError as exc:
-            raise errors.invalid_input(describe(exc)) from None
+        spec = await parse(request, VllmLoraIn)
         engine, name = vllm_target(spec.lora_name)
         engine.check_ready()
-        if not valid_adapter_name(name):
-            raise errors.invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
+        check_name(name)
         await engine.adapters.load(name, spec.lora_path or "")
         return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' added successfully.")
 
     @router.post("/v1/unload_lora_adapter")
     async def vllm_unload(request: Request) -> PlainTextResponse:
-        body = decode_body(await read_body(request, settings.max_body_bytes), "application/json")
-        try:
-            spec = VllmLoraIn.model_validate(body)
-        except ValidationError as exc:
-            raise errors.invalid_input(describe(exc)) from None
+        spec = await parse(request, VllmLoraIn)
         engine, name = vllm_target(spec.lora_name)
         await engine.adapters.unload(name)
         return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' removed successfully.")
