@@ -33,7 +33,7 @@ STATES = {"ready": "loaded", "loading": "loading", "failed": "failed"}
 
 def model_info(engine: ModelEngine) -> dict:
     config = engine.config
-    dims = config.dims or engine.backend.hidden_size or None
+    dims = engine.dims or None
     return {
         "name": config.name,
         "state": STATES[engine.state],

@@ -4,12 +4,11 @@ constant time; the 401 comes in the shape of the API the path belongs to (SIE or
 from __future__ import annotations
 
 import hmac
-import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import errors
-from server.api.openai_errors import OPENAI_PATHS, openai_error_body
+from server.api.openai_errors import send_error
 
 
 def key_matches(header: str, keys: tuple[str, ...]) -> bool:
@@ -35,8 +34,4 @@ class AuthMiddleware:
         if key_matches(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
             await self.app(scope, receive, send)
             return
-        error = errors.unauthorized()
-        body = openai_error_body(error) if scope["path"] in OPENAI_PATHS else error.body()
-        await send({"type": "http.response.start", "status": 401,
-                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
-        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+        await send_error(scope, send, errors.unauthorized())

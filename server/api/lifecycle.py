@@ -4,14 +4,13 @@ finishes (up to a deadline) before uvicorn is told to exit."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import errors
-from server.api.openai_errors import OPENAI_PATHS, openai_error_body
+from server.api.openai_errors import send_error
 
 log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -64,11 +63,7 @@ class DrainMiddleware:
         if self.lifecycle.draining:
             error = errors.ApiError(503, "SHUTTING_DOWN", "the server is shutting down; retry on another replica",
                                     {"Retry-After": "1"})
-            body = openai_error_body(error) if scope["path"] in OPENAI_PATHS else error.body()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
-                                    (b"connection", b"close")]})
-            await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+            await send_error(scope, send, error, close=True)
             return
         self.lifecycle.enter()
         try:

@@ -41,7 +41,7 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
 class TorchBackend(Backend):
     def __init__(self, model: ModelConfig, engine: EngineConfig, device: str):
         self.config = model
-        self.engine = engine
+        self.settings = engine
         self.device = device
         dtype = model.dtype if device.startswith("cuda") else "float32"
         if dtype != model.dtype:
@@ -86,8 +86,8 @@ class TorchBackend(Backend):
         with self._lock:
             if name in self._slots:
                 raise AdapterError(f"adapter {name!r}: already loaded")
-            if len(self._slots) >= self.engine.max_loras_per_model:
-                raise AdapterError(f"adapter {name!r}: max_loras_per_model ({self.engine.max_loras_per_model}) "
+            if len(self._slots) >= self.settings.max_loras_per_model:
+                raise AdapterError(f"adapter {name!r}: max_loras_per_model ({self.settings.max_loras_per_model}) "
                                    "adapters are already resident")
             slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
             self._slots[name] = slot
