@@ -64,6 +64,13 @@ class AdapterOptions:
     max_lora_rank: int = 64
     lora_target_modules: tuple[str, ...] | None = None
     sglang_options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    # Scale-out sets this False: each replica loads `lora_paths` on demand (Ray multiplexing), not all at start.
+    preload: bool = True
+
+    @property
+    def preloaded(self) -> Mapping[str, str]:
+        """The adapters a backend makes resident at start."""
+        return self.lora_paths if self.preload else MappingProxyType({})
 
     def __post_init__(self) -> None:
         _require("adapter_options_loadtime", self.max_loras_per_batch >= 1,

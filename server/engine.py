@@ -1,4 +1,5 @@
-"""One served model: tokenizer + batcher + backend, and the encode path that ties them together."""
+"""One served model in this process: tokenizer + batcher + backend, and the encode path that ties them
+together. Implements `ServedModel`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -19,22 +19,12 @@ from server.lora.manager import AdapterManager
 from server.lora.policy import DynamicSources
 from server.options import EncodeOptions, check_dims
 from server.postprocess import finish
+from server.served_model import BatchObserver, EncodeResult, ModelStats
 from server.sources import resolve_source
 from server.tokenization import TextTokenizer
 
 log = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 4096
-
-
-@dataclass(frozen=True)
-class EncodeResult:
-    vectors: np.ndarray  # [items, dims] in the requested dtype
-    dims: int
-    input_tokens: int
-    tokenization_ms: float
-    queue_ms: float
-    inference_ms: float
-    postprocessing_ms: float
 
 
 class ModelEngine:
@@ -54,6 +44,7 @@ class ModelEngine:
             name=config.name)
         self.adapters = AdapterManager(config.name, backend, capacity=settings.max_loras_per_model,
                                        failure_ttl_s=settings.lora_failure_ttl_s)
+        self._loading: asyncio.Future | None = None
 
     @property
     def name(self) -> str:
@@ -78,7 +69,10 @@ class ModelEngine:
             roots = tuple(resolve_source(root, kind="adapter root")
                           for root in self.config.lora_roots + self.settings.lora_roots)
             self.adapters.sources = DynamicSources(roots, self.config.lora_allow + self.settings.lora_allow)
-            self.adapters.register_preloaded(dict(self.config.adapters.lora_paths))
+            if self.config.adapters.preload:
+                self.adapters.register_preloaded(dict(self.config.adapters.lora_paths))
+            else:
+                self.adapters.catalog = dict(self.config.adapters.lora_paths)
             if self.config.dims is not None and self.config.dims > self.backend.hidden_size:
                 raise ValueError(f"dims {self.config.dims} is larger than the model's hidden size "
                                  f"{self.backend.hidden_size}")
@@ -90,6 +84,53 @@ class ModelEngine:
         log.info("%s: ready in %.1f s (%d adapters: %s)", self.name, time.perf_counter() - started,
                  len(self.backend.adapters()), ", ".join(self.backend.adapters()) or "none")
 
+    def start(self, on_batch: BatchObserver) -> asyncio.Future:
+        self.batcher.on_batch = on_batch
+        self.batcher.start()
+        loop = asyncio.get_running_loop()
+        if self._loading is None:
+            if self.state == "loading":
+                self._loading = loop.run_in_executor(None, self.load)
+            else:
+                self._loading = loop.create_future()
+                self._loading.set_result(None)
+        return self._loading
+
+    async def stop(self) -> None:
+        await self.adapters.close()
+        await self.batcher.stop()
+        if self._loading is not None:
+            await asyncio.gather(self._loading, return_exceptions=True)
+        self.backend.close()
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def adapter_names(self) -> list[str]:
+        return self.adapters.ready_names()
+
+    def has_adapter(self, name: str) -> bool:
+        return name in self.adapters.entries or name in self.adapters.catalog
+
+    async def describe_adapters(self) -> list[dict]:
+        entries = self.adapters.entries
+        return [entries[name].describe() for name in sorted(entries)]
+
+    async def load_adapter(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
+        self.check_ready()
+        entry, created = await self.adapters.load(name, source, pin=pin)
+        return entry.describe(), created
+
+    async def unload_adapter(self, name: str) -> None:
+        await self.adapters.unload(name)
+
+    def stats(self) -> ModelStats:
+        adapters, batcher = self.adapters, self.batcher
+        return ModelStats(queue_depth=batcher.queue_depth, running_rows=len(batcher.running),
+                          resident_adapters=tuple(adapters.ready_names()),
+                          waiting_adapters=tuple(sorted(a for a in batcher.waiting_adapters() if a)),
+                          loads=adapters.counters["loads"], load_failures=adapters.counters["load_failures"],
+                          evictions=adapters.counters["evictions"], max_loras=self.settings.max_loras_per_model)
+
+    # -- encoding ---------------------------------------------------------------------------------
     def check_ready(self) -> None:
         if self.state == "loading":
             raise errors.model_loading(self.name)

@@ -15,6 +15,10 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
 
+    def __reduce__(self):
+        # Crosses process boundaries in scale-out (Ray pickles it back to the ingress).
+        return ApiError, (self.status, self.code, self.message, self.headers)
+
     def body(self) -> dict:
         return {"detail": {"code": self.code, "message": self.message}}
 

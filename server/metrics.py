@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server import errors
+from server.served_model import ModelStats, ServedModel
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -33,9 +34,9 @@ class RequestTrack:
 
 
 class EngineCollector:
-    """Reads live engine state at scrape time."""
+    """Reads live model state (`ServedModel.stats()`) at scrape time."""
 
-    def __init__(self, engines: Mapping[str, object]):
+    def __init__(self, engines: Mapping[str, ServedModel]):
         self.engines = engines
 
     def collect(self):
@@ -44,36 +45,39 @@ class EngineCollector:
         loads = CounterMetricFamily("sie_adapter_loads", "Adapter loads started", labels=["model"])
         failures = CounterMetricFamily("sie_adapter_load_failures", "Adapter loads that failed", labels=["model"])
         evictions = CounterMetricFamily("sie_adapter_evictions", "Adapters evicted (LRU)", labels=["model"])
-        for name, engine in self.engines.items():
-            depth.add_metric([name], engine.batcher.queue_depth)
-            resident.add_metric([name], sum(e.state == "ready" for e in engine.adapters.entries.values()))
-            loads.add_metric([name], engine.adapters.counters["loads"])
-            failures.add_metric([name], engine.adapters.counters["load_failures"])
-            evictions.add_metric([name], engine.adapters.counters["evictions"])
+        stats = {name: s for name, engine in self.engines.items() if (s := engine.stats()) is not None}
+        for name, s in stats.items():
+            depth.add_metric([name], s.queue_depth)
+            resident.add_metric([name], len(s.resident_adapters))
+            loads.add_metric([name], s.loads)
+            failures.add_metric([name], s.load_failures)
+            evictions.add_metric([name], s.evictions)
         yield from (depth, resident, loads, failures, evictions)
-        yield from self.gateway_families()
+        if stats:
+            yield from gateway_families(stats)
 
-    def gateway_families(self):
-        """The vLLM-named series the Kubernetes inference gateway (llm-d endpoint picker) scrapes. Adapter
-        names are written as OpenAI clients write them: `<model>:<adapter>`."""
-        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Rows waiting for a batch", labels=["model_name"])
-        running = GaugeMetricFamily("vllm:num_requests_running", "Rows in the forward now running",
-                                    labels=["model_name"])
-        info = GaugeMetricFamily("vllm:lora_requests_info", "Resident and queued LoRA adapters",
-                                 labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
-        running_names, waiting_names, max_lora = [], [], 0
-        for name, engine in self.engines.items():
-            waiting.add_metric([name], engine.batcher.queue_depth)
-            running.add_metric([name], len(engine.batcher.running))
-            running_names += [f"{name}:{a}" for a in sorted(engine.adapters.ready_names())]
-            waiting_names += [f"{name}:{a}" for a in sorted(a for a in engine.batcher.waiting_adapters() if a)]
-            max_lora += engine.settings.max_loras_per_model
-        info.add_metric([str(max_lora), ",".join(running_names), ",".join(waiting_names)], time.time())
-        yield from (waiting, running, info)
+
+def gateway_families(stats: Mapping[str, ModelStats]):
+    """The vLLM-named series the Kubernetes inference gateway (llm-d endpoint picker) scrapes. Adapter
+    names are written as OpenAI clients write them: `<model>:<adapter>`."""
+    waiting = GaugeMetricFamily("vllm:num_requests_waiting", "Rows waiting for a batch", labels=["model_name"])
+    running = GaugeMetricFamily("vllm:num_requests_running", "Rows in the forward now running",
+                                labels=["model_name"])
+    info = GaugeMetricFamily("vllm:lora_requests_info", "Resident and queued LoRA adapters",
+                             labels=["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
+    running_names, waiting_names, max_lora = [], [], 0
+    for name, s in stats.items():
+        waiting.add_metric([name], s.queue_depth)
+        running.add_metric([name], s.running_rows)
+        running_names += [f"{name}:{a}" for a in s.resident_adapters]
+        waiting_names += [f"{name}:{a}" for a in s.waiting_adapters]
+        max_lora += s.max_loras
+    info.add_metric([str(max_lora), ",".join(running_names), ",".join(waiting_names)], time.time())
+    return waiting, running, info
 
 
 class Metrics:
-    def __init__(self, engines: Mapping[str, object]):
+    def __init__(self, engines: Mapping[str, ServedModel]):
         self.engines = engines
         self.registry = CollectorRegistry()
         r = self.registry
@@ -100,7 +104,7 @@ class Metrics:
         if adapter is None:
             return BASE
         engine = self.engines.get(model)
-        return adapter if engine is not None and adapter in engine.adapters.entries else "other"
+        return adapter if engine is not None and engine.has_adapter(adapter) else "other"
 
     def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
         def observe(rows: int, padded_tokens: int, adapters: int) -> None:

@@ -13,7 +13,7 @@ from server.api.schemas import describe
 from server.api.wire import decode_body
 from server.api.middleware import read_body
 from server.config import EngineConfig, valid_adapter_name
-from server.engine import ModelEngine
+from server.served_model import ServedModel
 
 
 class LoadLoraIn(BaseModel):
@@ -29,7 +29,7 @@ class VllmLoraIn(BaseModel):
     lora_path: StrictStr | None = None
 
 
-def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfig,
+def admin_router(engine_for: Callable[[str], ServedModel], settings: EngineConfig,
                  models: Callable[[], list[str]]) -> APIRouter:
     router = APIRouter()
 
@@ -44,7 +44,7 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
         if not valid_adapter_name(name):
             raise errors.invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
 
-    def vllm_target(lora_name: str) -> tuple[ModelEngine, str]:
+    def vllm_target(lora_name: str) -> tuple[ServedModel, str]:
         """`<model>:<adapter>`, or a bare adapter name when one model is served."""
         model, sep, name = lora_name.rpartition(":")
         if sep:
@@ -57,8 +57,7 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
 
     @router.get("/v1/models/{model:path}/loras")
     async def list_loras(model: str) -> dict:
-        manager = engine_for(model).adapters
-        return {"model": model, "loras": [manager.entries[n].describe() for n in sorted(manager.entries)]}
+        return {"model": model, "loras": await engine_for(model).describe_adapters()}
 
     @router.post("/v1/models/{model:path}/loras")
     async def load_lora(model: str, request: Request) -> JSONResponse:
@@ -66,8 +65,8 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
         engine.check_ready()
         spec = await parse(request, LoadLoraIn)
         check_name(spec.name)
-        entry, created = await engine.adapters.load(spec.name, spec.source, pin=spec.pin)
-        return JSONResponse(entry.describe(), status_code=201 if created else 200)
+        described, created = await engine.load_adapter(spec.name, spec.source, pin=spec.pin)
+        return JSONResponse(described, status_code=201 if created else 200)
 
     @router.post("/v1/load_lora_adapter")
     async def vllm_load(request: Request) -> PlainTextResponse:
@@ -76,19 +75,19 @@ def admin_router(engine_for: Callable[[str], ModelEngine], settings: EngineConfi
         engine, name = vllm_target(spec.lora_name)
         engine.check_ready()
         check_name(name)
-        await engine.adapters.load(name, spec.lora_path or "")
+        await engine.load_adapter(name, spec.lora_path or "")
         return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' added successfully.")
 
     @router.post("/v1/unload_lora_adapter")
     async def vllm_unload(request: Request) -> PlainTextResponse:
         spec = await parse(request, VllmLoraIn)
         engine, name = vllm_target(spec.lora_name)
-        await engine.adapters.unload(name)
+        await engine.unload_adapter(name)
         return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' removed successfully.")
 
     @router.delete("/v1/models/{model:path}/loras/{name}")
     async def unload_lora(model: str, name: str) -> dict:
-        await engine_for(model).adapters.unload(name)
+        await engine_for(model).unload_adapter(name)
         return {"model": model, "unloaded": name}
 
     return router

@@ -24,14 +24,14 @@ from server.api.openapi import ENCODE_OPENAPI, install_openapi
 from server.api.schemas import ParamsIn, parse_encode_request
 from server.api.wire import MSGPACK, decode_body, dump_json, pack, wants_json
 from server.config import EngineConfig
-from server.engine import ModelEngine
 from server.metrics import Metrics
 from server.options import resolve_options
+from server.served_model import ServedModel
 
 STATES = {"ready": "loaded", "loading": "loading", "failed": "failed"}
 
 
-def model_info(engine: ModelEngine) -> dict:
+async def model_info(engine: ServedModel) -> dict:
     config = engine.config
     dims = engine.dims or None
     return {
@@ -45,7 +45,7 @@ def model_info(engine: ModelEngine) -> dict:
         "max_sequence_length": config.max_seq_len,
         "profiles": {name: {"instruction": p.instruction, "lora_id": p.lora_id, "is_default": False}
                      for name, p in config.profiles.items()},
-        "loras": [engine.adapters.entries[name].describe() for name in sorted(engine.adapters.entries)],
+        "loras": await engine.describe_adapters(),
     }
 
 
@@ -65,29 +65,18 @@ def _install_error_handlers(app: FastAPI) -> None:
                             headers=getattr(exc, "headers", None))
 
 
-def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, load_in_background: bool = True) -> FastAPI:
+def create_app(engines: Mapping[str, ServedModel], settings: EngineConfig, *, load_in_background: bool = True) -> FastAPI:
     """Build the app; model loading starts when the app starts (in threads, so /readyz answers at once)."""
     metrics = Metrics(engines)
     lifecycle = Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
-        loop = asyncio.get_running_loop()
-        loads = []
-        for engine in engines.values():
-            engine.batcher.on_batch = metrics.batch_observer(engine.name)
-            engine.batcher.start()
-            if engine.state == "loading":
-                loads.append(loop.run_in_executor(None, engine.load))
+        loads = [engine.start(metrics.batch_observer(engine.name)) for engine in engines.values()]
         if not load_in_background:
             await asyncio.gather(*loads)
         yield
-        for engine in engines.values():
-            await engine.adapters.close()
-            await engine.batcher.stop()
-        await asyncio.gather(*loads, return_exceptions=True)
-        for engine in engines.values():
-            engine.backend.close()
+        await asyncio.gather(*(engine.stop() for engine in engines.values()))
 
     app = FastAPI(title="multilora-embed", version=__version__, lifespan=lifespan,
                   description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI embeddings.")
@@ -122,11 +111,11 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
 
     @app.get("/v1/models")
     async def list_models() -> dict:
-        return {"models": [model_info(engine) for engine in engines.values()]}
+        return {"models": [await model_info(engine) for engine in engines.values()]}
 
     @app.get("/v1/models/{model:path}")
     async def get_model(model: str) -> dict:
-        return model_info(find_engine(engines, model))
+        return await model_info(find_engine(engines, model))
 
     @app.post("/v1/encode/{model:path}", openapi_extra=ENCODE_OPENAPI)
     async def encode(model: str, request: Request) -> Response:
@@ -151,6 +140,8 @@ def create_app(engines: Mapping[str, ModelEngine], settings: EngineConfig, *, lo
                               "postprocessing_ms": result.postprocessing_ms}}
         headers = {"X-Queue-Time": f"{result.queue_ms:.2f}", "X-Inference-Time": f"{result.inference_ms:.2f}",
                    "X-Total-Time": f"{total_ms:.2f}"}
+        if result.replica:
+            headers["X-Replica-ID"] = result.replica
         if wants_json(request.headers.get("accept")):
             return Response(dump_json(payload), media_type="application/json", headers=headers)
         return Response(pack(payload), media_type=MSGPACK, headers=headers)

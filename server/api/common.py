@@ -11,9 +11,9 @@ from starlette.requests import Request
 from server import errors
 from server.api.middleware import request_id
 from server.backends.base import AdapterNotLoaded
-from server.engine import EncodeResult, ModelEngine
 from server.metrics import RequestTrack
 from server.options import EncodeOptions
+from server.served_model import EncodeResult, ServedModel
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -39,14 +39,14 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
     return task.result()
 
 
-def find_engine(engines: Mapping[str, ModelEngine], model: str) -> ModelEngine:
+def find_engine(engines: Mapping[str, ServedModel], model: str) -> ServedModel:
     engine = engines.get(model)
     if engine is None:
         raise errors.model_not_found(model, engines)
     return engine
 
 
-async def run_encode(engine: ModelEngine, texts: Sequence[str], options: EncodeOptions, request: Request,
+async def run_encode(engine: ServedModel, texts: Sequence[str], options: EncodeOptions, request: Request,
                      track: RequestTrack) -> EncodeResult:
     """engine.encode, with a vanished adapter as 400 and any other failure as 500 naming the request id."""
     track.adapter = options.lora_id
@@ -55,7 +55,7 @@ async def run_encode(engine: ModelEngine, texts: Sequence[str], options: EncodeO
     except errors.ApiError:
         raise
     except AdapterNotLoaded:
-        raise errors.unknown_lora(options.lora_id or "", engine.name, engine.adapters.ready_names()) from None
+        raise errors.unknown_lora(options.lora_id or "", engine.name, engine.adapter_names()) from None
     except Exception:
         log.exception("encode failed (request %s)", request_id(request))
         raise errors.inference_error(request_id(request)) from None

@@ -43,8 +43,10 @@ class RequestContextMiddleware:
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1")),
-                                      (b"x-replica-id", self.replica)]
+                headers = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+                if not any(name.lower() == b"x-replica-id" for name, _ in headers):  # a scale-out route named it
+                    headers.append((b"x-replica-id", self.replica))
+                message["headers"] = headers
             await send(message)
 
         try:

@@ -17,9 +17,9 @@ from server.api.openai_errors import openai_error_response
 from server.api.schemas import describe
 from server.api.wire import decode_body, dump_json
 from server.config import EngineConfig
-from server.engine import ModelEngine
 from server.metrics import Metrics
 from server.options import resolve_options
+from server.served_model import ServedModel
 
 
 class EmbeddingsIn(BaseModel):
@@ -55,7 +55,7 @@ def parse_embeddings(body) -> EmbeddingsIn:
         raise errors.invalid_input(describe(exc)) from None
 
 
-def split_model(engines: Mapping[str, ModelEngine], name: str) -> tuple[ModelEngine, dict]:
+def split_model(engines: Mapping[str, ServedModel], name: str) -> tuple[ServedModel, dict]:
     """`<model>:<suffix>`: a profile of that name wins over an adapter of that name."""
     if name in engines:
         return engines[name], {}
@@ -66,7 +66,7 @@ def split_model(engines: Mapping[str, ModelEngine], name: str) -> tuple[ModelEng
     return engine, {"profile": suffix} if suffix in engine.config.profiles else {"lora_id": suffix}
 
 
-def openai_router(engines: Mapping[str, ModelEngine], settings: EngineConfig, metrics: Metrics) -> APIRouter:
+def openai_router(engines: Mapping[str, ServedModel], settings: EngineConfig, metrics: Metrics) -> APIRouter:
     router = APIRouter()
 
     @router.get("/openai/v1/models")
@@ -75,7 +75,7 @@ def openai_router(engines: Mapping[str, ModelEngine], settings: EngineConfig, me
         data = []
         for name, engine in engines.items():
             data.append({"id": name, "object": "model", "created": 0, "owned_by": "multilora-embed"})
-            for suffix in sorted(set(engine.adapters.ready_names()) | set(engine.config.profiles)):
+            for suffix in sorted(set(engine.adapter_names()) | set(engine.config.profiles)):
                 data.append({"id": f"{name}:{suffix}", "object": "model", "created": 0,
                              "owned_by": "multilora-embed", "parent": name})
         return {"object": "list", "data": data}
@@ -108,6 +108,7 @@ def openai_router(engines: Mapping[str, ModelEngine], settings: EngineConfig, me
         payload = {"object": "list", "model": parsed.model,
                    "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(values)],
                    "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens}}
-        return Response(dump_json(payload), media_type="application/json")
+        return Response(dump_json(payload), media_type="application/json",
+                        headers={"X-Replica-ID": result.replica} if result.replica else None)
 
     return router

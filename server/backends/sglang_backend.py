@@ -93,7 +93,7 @@ class SGLangBackend(Backend):
         folder = resolve_source(self.config.model_path, kind="model")
         self._shapes, self.hidden_size = meta_linear_shapes(folder, self.config.adapters.lora_target_modules)
         prepared = {name: self._prepare(name, resolve_source(source, kind="adapter"))
-                    for name, source in self.config.adapters.lora_paths.items()}
+                    for name, source in self.config.adapters.preloaded.items()}
         targets = self.config.adapters.lora_target_modules or sorted(
             {t for adapter, _ in prepared.values() for t in adapter.target_modules} or ALL_LINEARS)
         kwargs = dict(model_path=str(folder), is_embedding=True, enable_lora=True,

@@ -59,7 +59,7 @@ class TorchBackend(Backend):
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        adapters = self.config.adapters.lora_paths
+        adapters = self.config.adapters.preloaded
         with startup_progress(f"loading {self.config.name}", 1 + len(adapters), log) as progress:
             folder = resolve_source(self.config.model_path, kind="model")
             log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)

@@ -53,6 +53,7 @@ class AdapterManager:
         self.capacity = capacity
         self.failure_ttl_s = failure_ttl_s
         self.sources = DynamicSources()
+        self.catalog: dict[str, str] = {}  # configured adapters loaded on first use (scale-out replicas)
         self.entries: dict[str, AdapterEntry] = {}
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
         self._load_lock = asyncio.Lock()
@@ -69,13 +70,30 @@ class AdapterManager:
         return sorted(n for n, e in self.entries.items() if e.state == "ready")
 
     def _unknown(self, lora_id: str, reason: str) -> errors.ApiError:
+        on_demand = f"configured: {', '.join(sorted(self.catalog))}; " if self.catalog else ""
         return errors.invalid_input(f"unknown lora_id {lora_id!r} for model {self.model!r}: {reason}; "
-                                    f"loaded: {', '.join(self.ready_names()) or 'none'}; "
+                                    f"loaded: {', '.join(self.ready_names()) or 'none'}; {on_demand}"
                                     f"dynamic sources: {self.sources.describe()}")
 
     # -- request path (event loop only) ----------------------------------------------------------
     def acquire(self, lora_id: str) -> None:
         """Take a lease on a resident adapter, or raise: 503 LORA_LOADING (load started) or 400."""
+        entry = self._find_or_start(lora_id)
+        if entry.state != "ready":
+            raise lora_loading(lora_id)
+        entry.leases += 1
+        entry.last_used = time.time()
+
+    async def ensure(self, lora_id: str) -> None:
+        """Make `lora_id` resident and wait for it (scale-out's multiplexed loader); raises 400 on failure.
+        Concurrent callers share one load."""
+        entry = self._find_or_start(lora_id)
+        await entry.settled.wait()
+        if entry.state == "failed":
+            raise errors.invalid_input(f"adapter {lora_id!r} failed to load: {entry.cause}")
+
+    def _find_or_start(self, lora_id: str) -> AdapterEntry:
+        """The entry for `lora_id`, starting a background load from the catalog or a dynamic source."""
         entry = self.entries.get(lora_id)
         if entry is not None and entry.state == "failed":
             if time.monotonic() - entry.failed_at < self.failure_ttl_s:
@@ -83,19 +101,16 @@ class AdapterManager:
             del self.entries[lora_id]
             entry = None
         if entry is not None:
-            if entry.state != "ready":
-                raise lora_loading(lora_id)
-            entry.leases += 1
-            entry.last_used = time.time()
-            return
-        try:
-            source = self.sources.locate(lora_id)
-        except SourceRefused as exc:
-            raise self._unknown(lora_id, str(exc)) from None
+            return entry
+        source = self.catalog.get(lora_id)
+        if source is None:
+            try:
+                source = self.sources.locate(lora_id)
+            except SourceRefused as exc:
+                raise self._unknown(lora_id, str(exc)) from None
         if source is None:
             raise self._unknown(lora_id, "not preloaded and not found under any adapter root")
-        self._start_load(lora_id, source, pinned=False)
-        raise lora_loading(lora_id)
+        return self._start_load(lora_id, source, pinned=False)
 
     def release(self, lora_id: str) -> None:
         entry = self.entries.get(lora_id)
