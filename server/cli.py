@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
 
-from server.config import ENGINE_FIELDS, ConfigError, load_engine_config, load_model_config
+from server.config import ENGINE_FIELDS, ConfigError, adapters_on_demand, load_engine_config, load_model_config
 from server.logs import configure_logging
 from server.lora.peft_format import AdapterError
 from server.sources import SourceError
@@ -27,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default=os.environ.get("SIE_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SIE_LOG_FORMAT", "text"),
                         help="json: one JSON object per log line (access lines carry request_id)")
+    scale = parser.add_argument_group("scale-out (Ray Serve; pip install -e '.[ray]')")
+    scale.add_argument("--replicas", type=int, help="serve through Ray Serve with N encoder replicas per model")
+    scale.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per encoder replica")
+    scale.add_argument("--replica-gpus", type=float, help="GPUs per encoder replica (default: 1 on CUDA, else 0)")
+    scale.add_argument("--replica-metrics-port", type=int, default=0,
+                       help="each replica's own /metrics: first free port from here (0: any free port)")
     for name in ENGINE_FIELDS:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
     return parser
@@ -35,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     engine = load_engine_config(args.engine_config, overrides={k: getattr(args, k) for k in ENGINE_FIELDS})
     models = [load_model_config(path) for path in args.config]
+    if args.replicas is not None:  # Ray's multiplexing loads each replica's adapters on demand
+        models = [adapters_on_demand(model) for model in models]
     names = [m.name for m in models]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -59,7 +68,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print("ok", flush=True)
         return 0
+    if args.replicas is not None:
+        return serve_scaled(args, engine, models)
     return serve(args, engine, models)
+
+
+def serve_scaled(args: argparse.Namespace, engine, models) -> int:
+    if importlib.util.find_spec("ray") is None:
+        print("error: --replicas needs Ray Serve: pip install -e '.[ray]'", file=sys.stderr, flush=True)
+        return 2
+    from server.backends import pick_device
+    from server.scaleout import launcher
+    from server.scaleout.spec import ScaleoutSpec
+
+    gpus = args.replica_gpus
+    if gpus is None:
+        gpus = 1.0 if pick_device(engine.device).startswith("cuda") else 0.0
+    try:
+        spec = ScaleoutSpec(models=tuple(models), settings=engine, replicas=args.replicas,
+                            replica_cpus=args.replica_cpus, replica_gpus=gpus, backend=args.backend,
+                            metrics_host=args.host, metrics_port=args.replica_metrics_port)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return launcher.run(spec, args.host, args.port)
 
 
 def serve(args: argparse.Namespace, engine, models) -> int:

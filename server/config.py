@@ -126,6 +126,11 @@ class ModelConfig:
                          f"adapter_options_loadtime.lora_paths ({', '.join(self.adapters.lora_paths) or 'none'})")
 
 
+def adapters_on_demand(config: ModelConfig) -> ModelConfig:
+    """The same model with `lora_paths` loaded on first use instead of at start (scale-out replicas)."""
+    return dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, preload=False))
+
+
 MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters"} | {
     "adapter_options_loadtime"}
 ADAPTER_KEYS = {"lora_paths", "max_loras_per_batch", "max_lora_rank", "lora_target_modules"} | SGLANG_PASSTHROUGH

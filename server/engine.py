@@ -119,6 +119,11 @@ class ModelEngine:
         entry, created = await self.adapters.load(name, source, pin=pin)
         return entry.describe(), created
 
+    async def ensure_adapter(self, name: str) -> None:
+        """Load `name` from the catalog or a dynamic source if needed and wait (scale-out replicas)."""
+        self.check_ready()
+        await self.adapters.ensure(name)
+
     async def unload_adapter(self, name: str) -> None:
         await self.adapters.unload(name)
 

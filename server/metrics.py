@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, Mapping
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server import errors
@@ -77,10 +77,13 @@ def gateway_families(stats: Mapping[str, ModelStats]):
 
 
 class Metrics:
-    def __init__(self, engines: Mapping[str, ServedModel]):
+    def __init__(self, engines: Mapping[str, ServedModel], *, replica: str | None = None):
         self.engines = engines
         self.registry = CollectorRegistry()
         r = self.registry
+        if replica:  # which scrape target this is (matches X-Replica-ID)
+            Gauge("sie_replica_info", "The server or replica behind this endpoint", ["replica"],
+                  registry=r).labels(replica).set(1)
         labels = ["api", "model", "adapter", "status"]
         self.requests = Counter("sie_requests", "Requests answered", labels, registry=r)
         self.items = Counter("sie_items", "Items embedded", ["model", "adapter"], registry=r)

@@ -25,7 +25,7 @@ def check_model(config: ModelConfig, engine: EngineConfig) -> list[str]:
     except ValueError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     paths = config.adapters.lora_paths
-    if len(paths) > engine.max_loras_per_model:
+    if config.adapters.preload and len(paths) > engine.max_loras_per_model:
         raise ConfigError(f"{where}: {len(paths)} preloaded adapters exceed max_loras_per_model "
                           f"({engine.max_loras_per_model})")
     lines = [f"model {config.name}: {model_dir} (hidden {hidden}, {len(shapes)} LoRA-capable linears, "
@@ -33,7 +33,7 @@ def check_model(config: ModelConfig, engine: EngineConfig) -> list[str]:
     for name, source in paths.items():
         adapter = load_peft_adapter(name, resolve_source(source, kind="adapter"), base_shapes=shapes,
                                     max_rank=config.adapters.max_lora_rank)
-        lines.append(f"  adapter {name}: rank {adapter.rank}, targets {','.join(adapter.target_modules)}, "
+        lines.append(f"  adapter {name}{'' if config.adapters.preload else ' (on demand)'}: rank {adapter.rank}, targets {','.join(adapter.target_modules)}, "
                      f"{adapter.nbytes / 1024:.0f} KiB from {adapter.source}")
     for profile in config.profiles.values():
         lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}")

@@ -18,7 +18,7 @@ from server.api.admin import admin_router
 from server.api.auth import AuthMiddleware
 from server.api.common import find_engine, run_encode
 from server.api.lifecycle import DrainMiddleware, Lifecycle
-from server.api.middleware import RequestContextMiddleware, read_body
+from server.api.middleware import RequestContextMiddleware, read_body, replica_id
 from server.api.openai_routes import openai_router
 from server.api.openapi import ENCODE_OPENAPI, install_openapi
 from server.api.schemas import ParamsIn, parse_encode_request
@@ -67,7 +67,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def create_app(engines: Mapping[str, ServedModel], settings: EngineConfig, *, load_in_background: bool = True) -> FastAPI:
     """Build the app; model loading starts when the app starts (in threads, so /readyz answers at once)."""
-    metrics = Metrics(engines)
+    metrics = Metrics(engines, replica=replica_id())
     lifecycle = Lifecycle()
 
     @contextlib.asynccontextmanager

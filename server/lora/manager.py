@@ -102,6 +102,10 @@ class AdapterManager:
             entry = None
         if entry is not None:
             return entry
+        return self._start_load(lora_id, self.source_for(lora_id), pinned=False)
+
+    def source_for(self, lora_id: str) -> str:
+        """Where a non-resident adapter would load from (the catalog, then dynamic sources), else 400."""
         source = self.catalog.get(lora_id)
         if source is None:
             try:
@@ -110,7 +114,7 @@ class AdapterManager:
                 raise self._unknown(lora_id, str(exc)) from None
         if source is None:
             raise self._unknown(lora_id, "not preloaded and not found under any adapter root")
-        return self._start_load(lora_id, source, pinned=False)
+        return source
 
     def release(self, lora_id: str) -> None:
         entry = self.entries.get(lora_id)
@@ -141,8 +145,9 @@ class AdapterManager:
         entry.pinned = entry.pinned or pin
         return entry, created
 
-    async def unload(self, name: str) -> None:
-        """Stop admitting requests for `name`, wait for its in-flight rows, then drop it."""
+    async def unload(self, name: str, *, eviction: bool = False) -> None:
+        """Stop admitting requests for `name`, wait for its in-flight rows, then drop it. `eviction`: an
+        outside LRU (scale-out's) chose it, so it counts as one."""
         entry = self.entries.get(name)
         if entry is None:
             raise errors.ApiError(404, "LORA_NOT_FOUND", f"adapter {name!r} is not loaded for model {self.model!r}")
@@ -153,6 +158,7 @@ class AdapterManager:
                 self._released.clear()
                 await self._released.wait()
             await self.backend.unload_adapter_async(name)
+            self.counters["evictions"] += eviction
         self.entries.pop(name, None)
 
     # -- loading and eviction --------------------------------------------------------------------

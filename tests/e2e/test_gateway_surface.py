@@ -8,9 +8,9 @@ import dataclasses
 import httpx
 import openai
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import DEMO_MODEL, LiveServer, build_app, poll_while_loading
+from tests.gateway_scorer import lora_affinity_score, lora_info
 
 
 @pytest.fixture(scope="module")
@@ -24,34 +24,12 @@ def serve(demo_config, root, **settings):
     return build_app(dataclasses.replace(demo_config, lora_roots=(str(root),)), **settings)[0]
 
 
-def lora_info(url: str) -> dict:
-    """The gateway's reading of one scrape: the latest vllm:lora_requests_info sample's labels."""
-    families = {f.name: f for f in text_string_to_metric_families(httpx.get(url + "/metrics").text)}
-    sample = max(families["vllm:lora_requests_info"].samples, key=lambda s: s.value)
-    split = lambda text: {name for name in text.split(",") if name}  # noqa: E731
-    return {"max": int(sample.labels["max_lora"]), "active": split(sample.labels["running_lora_adapters"]),
-            "waiting": split(sample.labels["waiting_lora_adapters"]),
-            "queue": families["vllm:num_requests_waiting"].samples[0].value,
-            "running": families["vllm:num_requests_running"].samples[0].value}
-
-
-def lora_affinity_score(info: dict, target: str) -> float:
-    """Port of the gateway's LoraAffinityScorer.Score for one endpoint."""
-    if target in info["active"]:
-        return 1.0
-    if len(info["active"]) + len(info["waiting"]) < info["max"]:
-        return 0.8
-    if target in info["waiting"]:
-        return 0.6
-    return 0.0
-
-
 def test_scorer_picks_the_replica_holding_the_adapter(demo_config, root):
     target = f"{DEMO_MODEL}:retail"
     with LiveServer(serve(demo_config, root)) as holder, \
             LiveServer(serve(demo_config, root, max_loras_per_model=3)) as full:
         assert poll_while_loading(lambda: _sie(holder.url, "retail")).status_code == 200
-        scrapes = {"holder": lora_info(holder.url), "full": lora_info(full.url)}
+        scrapes = {"holder": lora_info(holder.url + "/metrics"), "full": lora_info(full.url + "/metrics")}
         assert target in scrapes["holder"]["active"] and f"{DEMO_MODEL}:legal" in scrapes["full"]["active"]
         assert scrapes["holder"]["max"] == 10 and scrapes["full"]["max"] == 3
         assert scrapes["holder"]["queue"] == 0 and scrapes["holder"]["running"] == 0
