@@ -7,7 +7,7 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 
-.PHONY: venv run test test-sglang check clean
+.PHONY: venv run test test-sglang test-scaleout check clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,14 @@ test: venv
 test-sglang:
 	bash tests/sglang/setup_venv.sh
 	SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=$(CURDIR)/tests/sglang/stubs .venv-sglang/bin/python -m pytest -q -m sglang tests/sglang
+
+# Ray Serve scale-out tier: the `.[ray]` extra into the same venv, then two replicas on loopback.
+$(VENV)/.ray-installed: $(STAMP)
+	$(BIN)/pip install -q -e '.[ray]'
+	touch $@
+
+test-scaleout: $(VENV)/.ray-installed
+	$(BIN)/python -m pytest -q -m scaleout tests/scaleout
 
 clean:
 	rm -rf $(VENV) .venv-sglang .cache .pytest_cache

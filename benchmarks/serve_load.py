@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="requests per cell (upper bound)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time cap per cell")
     parser.add_argument("--compare-inprocess", action="store_true")
+    parser.add_argument("--replicas", type=int, help="start the server scaled out on Ray Serve (needs .[ray])")
     parser.add_argument("--json", help="write the report here (and a PNG beside it)")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -122,14 +123,15 @@ def error_code(response: httpx.Response) -> str:
         return str(response.status_code)
 
 
-def start_server(config: str) -> tuple[subprocess.Popen, str]:
+def start_server(config: str, replicas: int | None = None) -> tuple[subprocess.Popen, str]:
     sys.path.insert(0, str(REPO))
     from tests.conftest import free_port, wait_ready
 
     port = free_port()
+    scale = ["--replicas", str(replicas)] if replicas else []
     process = subprocess.Popen([sys.executable, "launch.py", "--config", config, "--port", str(port),
-                                "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+                                "--log-level", "warning", *scale], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, timeout=180)
     return process, url
@@ -174,7 +176,7 @@ async def main_async(args) -> dict:
     process = None
     url = args.url
     if url is None:
-        process, url = start_server(args.config)
+        process, url = start_server(args.config, args.replicas)
     try:
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
@@ -183,7 +185,7 @@ async def main_async(args) -> dict:
         if process is not None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    report = {"api": args.api, "model": args.model, "http": http, "cells": [f"c{c}_i{i}" for c, i in cells],
+    report = {"api": args.api, "model": args.model, "replicas": args.replicas, "http": http, "cells": [f"c{c}_i{i}" for c, i in cells],
               "cpu_count": os.cpu_count()}
     if args.compare_inprocess:
         inproc = await inprocess_sweep(args, cells)
