@@ -41,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="requests per cell (upper bound)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time cap per cell")
     parser.add_argument("--compare-inprocess", action="store_true")
+    parser.add_argument("--words", type=lambda v: tuple(int(x) for x in v.split(",")), default=(4, 40),
+                        help="words per item: MIN,MAX")
     parser.add_argument("--replicas", type=int, help="start the server scaled out on Ray Serve (needs .[ray])")
     parser.add_argument("--json", help="write the report here (and a PNG beside it)")
     args = parser.parse_args(argv)
@@ -49,9 +51,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def workload(count: int, items: int, seed: int = 0) -> list[tuple[list[str], str | None]]:
+def workload(count: int, items: int, seed: int = 0, words: tuple[int, int] = (4, 40)) -> list[tuple[list[str], str | None]]:
     rng = random.Random(seed)
-    return [([" ".join(rng.choices(WORDS, k=rng.randint(4, 40))) for _ in range(items)], ADAPTERS[i % len(ADAPTERS)])
+    return [([" ".join(rng.choices(WORDS, k=rng.randint(*words))) for _ in range(items)], ADAPTERS[i % len(ADAPTERS)])
             for i in range(count)]
 
 
@@ -138,7 +140,7 @@ def start_server(config: str, replicas: int | None = None) -> tuple[subprocess.P
 
 
 async def run_cell(send, args, concurrency: int, items: int) -> dict:
-    latencies, tokens, statuses, elapsed = await drive(send, workload(args.requests, items), concurrency, args.seconds)
+    latencies, tokens, statuses, elapsed = await drive(send, workload(args.requests, items, words=args.words), concurrency, args.seconds)
     return summarise(latencies, tokens, statuses, items, elapsed)
 
 

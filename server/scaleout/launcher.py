@@ -40,6 +40,7 @@ def run(spec: ScaleoutSpec, host: str, port: int) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    status = 0
     try:
         serve.start(http_options={"host": host, "port": port})
         serve.run(build_application(spec), name=APP_NAME, route_prefix="/")
@@ -47,7 +48,10 @@ def run(spec: ScaleoutSpec, host: str, port: int) -> int:
                  ", ".join(m.name for m in spec.models), host, port, spec.replicas)
         stop.wait()
         log.info("stopping: Serve, then Ray")
+    except Exception as exc:  # a deployment that never became healthy (the replicas' logs say why)
+        log.error("scale-out deployment failed: %s", exc)
+        status = 1
     finally:
         serve.shutdown()
         ray.shutdown()
-    return 0
+    return status

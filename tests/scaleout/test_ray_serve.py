@@ -28,6 +28,7 @@ ADAPTERS = ("a1", "a2", "a3", "a4", "a5", "a6")  # a1-a4: the rounds; a5: past c
 ROUNDS = 20
 TEXT = "How long do I have to return a damaged parcel?"
 TOLERANCE = 1e-5
+PROPAGATION_S = 1.5  # replicas push adapter ids to Ray's routers asynchronously (0.1 s push, then a long poll)
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_warm_up_puts_two_adapters_on_each_replica(cluster, reference):
         assert status == 200
         assert_close(vector, reference[name])
         cluster.holder[name] = replica
-        time.sleep(1.0)  # Ray pushes a replica's adapter ids to the routers asynchronously
+        time.sleep(PROPAGATION_S)
     resident = {replica: info["active"] for replica, info in cluster.scrapes().items()}
     assert sorted(len(names) for names in resident.values()) == [2, 2]
     for name, replica in cluster.holder.items():
@@ -177,7 +178,7 @@ def test_past_capacity_evicts_and_reloads_give_the_same_vectors(cluster, referen
     after = cluster.scrapes()
     assert after[replica]["evictions"] == before[replica]["evictions"] + 1
     (evicted,) = before[replica]["active"] - after[replica]["active"]
-    time.sleep(1.0)
+    time.sleep(PROPAGATION_S)
     name = evicted.rpartition(":")[2]
     vector, _, status = encode_json(cluster.url, name)
     assert status == 200
@@ -202,6 +203,10 @@ def test_errors_keep_their_status_through_ray(cluster):
     assert status == 400
     refused = httpx.post(cluster.url + "/v1/load_lora_adapter", json={"lora_name": "x", "lora_path": "/tmp"})
     assert refused.status_code == 400 and refused.json()["detail"]["code"] == "NOT_SUPPORTED"
+    from sie_sdk import SIEClient
+
+    (info,) = SIEClient(cluster.url).list_models()
+    assert {lora["name"]: lora["state"] for lora in info["loras"]} == {name: "on_demand" for name in ADAPTERS}
     models = httpx.get(cluster.url + "/openai/v1/models").json()
     assert {f"{DEMO_MODEL}:{name}" for name in ADAPTERS} <= {m["id"] for m in models["data"]}
 
