@@ -6,8 +6,9 @@ STAMP   := $(VENV)/.installed
 HOST    ?= 127.0.0.1
 PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
+REPLICAS ?= 2
 
-.PHONY: venv run test test-sglang test-scaleout check clean
+.PHONY: venv run run-scaleout test test-sglang test-scaleout check clean
 
 venv: $(STAMP)
 
@@ -39,6 +40,9 @@ test-sglang:
 $(VENV)/.ray-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[ray]'
 	touch $@
+
+run-scaleout: $(VENV)/.ray-installed
+	$(BIN)/python launch.py --config $(CONFIG) --host $(HOST) --port $(PORT) --replicas $(REPLICAS)
 
 test-scaleout: $(VENV)/.ray-installed
 	$(BIN)/python -m pytest -q -m scaleout tests/scaleout

@@ -63,6 +63,9 @@ class Encoder:
 
         # A closure, not a method: Ray caches its LRU on the decorated callable (bound methods refuse it).
         self._resident = serve.multiplexed(max_num_models_per_replica=spec.settings.max_loras_per_model)(load)
+        # Ray awaits the instance's `__del__` when it stops the replica; an instance attribute keeps
+        # garbage collection from calling (and dropping) that coroutine a second time.
+        self.__del__ = self._shutdown
 
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         if options.lora_id is not None:
@@ -77,7 +80,7 @@ class Encoder:
         return {"replica": self.replica, "dims": self.engine.dims, "metrics_url": self.listener.url,
                 "adapters": await self.engine.describe_adapters(), "stats": dataclasses.asdict(self.engine.stats())}
 
-    async def __del__(self) -> None:
+    async def _shutdown(self) -> None:
         self.listener.close()
         await self.engine.stop()
 
