@@ -115,7 +115,6 @@ class ModelEngine:
         return [entries[name].describe() for name in sorted(entries)]
 
     async def load_adapter(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
-        self.check_ready()
         entry, created = await self.adapters.load(name, source, pin=pin)
         return entry.describe(), created
 

@@ -13,7 +13,6 @@ from ray import serve
 
 from server import errors
 from server.backends import create_backend, pick_device, resolve_backend_kind
-from server.config import adapters_on_demand
 from server.engine import ModelEngine
 from server.metrics import Metrics
 from server.options import EncodeOptions
@@ -39,7 +38,7 @@ class ResidentAdapter:
 
 class Encoder:
     async def __init__(self, spec: ScaleoutSpec, model_name: str):
-        config = adapters_on_demand(spec.model(model_name))
+        config = spec.model(model_name)
         device = pick_device(spec.settings.device)
         backend = create_backend(resolve_backend_kind(spec.backend or config.adapter, device), config,
                                  spec.settings, device)
@@ -77,8 +76,7 @@ class Encoder:
         return dataclasses.replace(result, replica=self.replica)
 
     async def info(self) -> dict:
-        return {"replica": self.replica, "dims": self.engine.dims, "metrics_url": self.listener.url,
-                "adapters": await self.engine.describe_adapters(), "stats": dataclasses.asdict(self.engine.stats())}
+        return {"replica": self.replica, "dims": self.engine.dims, "metrics_url": self.listener.url}
 
     async def _shutdown(self) -> None:
         self.listener.close()

@@ -60,6 +60,8 @@ class RemoteModel:
                 await asyncio.sleep(CONNECT_RETRY_S)
         self._dims = self.config.dims or info["dims"]
         self.state = "ready"
+        log.info("%s: ready (first answer from replica %s, metrics at %s)", self.name, info["replica"],
+                 info["metrics_url"])
 
     async def stop(self) -> None:
         if self._connecting is not None:

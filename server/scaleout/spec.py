@@ -33,6 +33,8 @@ class ScaleoutSpec:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(f"{where}: {message}")
+        # Replicas load `lora_paths` on demand through Ray's multiplexing; none preloads them all.
+        object.__setattr__(self, "models", tuple(adapters_on_demand(m) for m in self.models))
 
     def model(self, name: str) -> ModelConfig:
         return next(m for m in self.models if m.name == name)
@@ -56,4 +58,4 @@ def spec_from_builder_args(args: Mapping[str, Any]) -> ScaleoutSpec:
     casts = {"replicas": int, "replica_cpus": float, "replica_gpus": float, "max_ongoing_requests": int,
              "metrics_port": int, "metrics_host": str, "backend": str}
     shape = {key: casts[key](args[key]) for key in SHAPE_KEYS if args.get(key) is not None}
-    return ScaleoutSpec(models=tuple(adapters_on_demand(load_model_config(path)) for path in configs), settings=settings, **shape)
+    return ScaleoutSpec(models=tuple(load_model_config(path) for path in configs), settings=settings, **shape)
