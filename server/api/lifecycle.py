@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
+from typing import Callable
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -14,7 +17,8 @@ from server.api.openai_errors import send_error
 
 log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-LINGER_S = 0.5
+LINGER_S = 0.5  # how long a closing listener keeps taking over its accept backlog
+LINGER_MAX_S = 3.0  # how long open connections may take to send their last request after the drain
 
 
 class Lifecycle:
@@ -100,13 +104,55 @@ class DrainingServer(uvicorn.Server):
             if not finished:
                 log.warning("drain deadline passed with %d requests in flight", self.lifecycle.in_flight)
             # Stop accepting first (new clients get a refused connection: never sent, never lost), then keep
-            # answering 503 + Connection: close a moment longer on open connections, so a client that is
-            # mid-send gets an answer instead of a reset.
-            for listener in self.servers:
-                listener.close()
-            await asyncio.sleep(LINGER_S)
-            # should_exit directly, not super().handle_exit: uvicorn re-raises handled signals after shutdown
-            # (exit status 143); a drained shutdown is a clean one and exits 0.
-            self.should_exit = True
+            # answering 503 + Connection: close on open connections until they are gone (or LINGER_MAX_S),
+            # so a client that sends on a kept-alive connection gets an answer instead of a reset.
+            try:
+                for listener in self.servers:
+                    await close_listener(listener, self._protocol)
+                await self._until_connections_close(LINGER_MAX_S)
+            except Exception:
+                log.exception("closing the listeners failed; stopping anyway")
+            finally:
+                # should_exit directly, not super().handle_exit: uvicorn re-raises handled signals after
+                # shutdown (exit status 143); a drained shutdown is a clean one and exits 0.
+                self.should_exit = True
 
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(drain_then_exit()))
+
+    def _protocol(self) -> asyncio.Protocol:
+        """A connection handler as uvicorn makes them for its listeners (asyncio and uvloop alike)."""
+        return self.config.http_protocol_class(config=self.config, server_state=self.server_state,
+                                               app_state=self.lifespan.state)
+
+    async def _until_connections_close(self, limit_s: float) -> None:
+        deadline = self._loop.time() + limit_s
+        while self.server_state.connections and self._loop.time() < deadline:
+            await asyncio.sleep(0.01)
+
+
+async def close_listener(listener: asyncio.AbstractServer, protocol_factory: Callable[[], asyncio.Protocol]) -> None:
+    """Stop listening without resetting the connections the kernel has already accepted for us.
+
+    Closing a listening socket resets every connection still in its accept backlog; under load those
+    clients have sent their request and would lose it. So a duplicate of each socket keeps it open
+    while asyncio stops serving it; we take over the backlog (uvicorn serves those connections: 503
+    SHUTTING_DOWN with Connection: close) and close the duplicate right after the backlog reads empty.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + LINGER_S  # clients that reconnect at once must not keep us listening
+    duplicates = [socket.socket(fileno=os.dup(sock.fileno())) for sock in listener.sockets]
+    listener.close()
+    for duplicate in duplicates:
+        duplicate.setblocking(False)
+        while loop.time() < deadline:
+            try:
+                connection, _ = duplicate.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:  # the client gave up while queued (ECONNABORTED and kin)
+                continue
+            try:
+                await loop.connect_accepted_socket(protocol_factory, connection)
+            except OSError:
+                connection.close()
+        duplicate.close()
