@@ -7,6 +7,7 @@ Usage: python benchmarks/demo_batch.py [--rows 32] [--tokens 64] [--rounds 30]
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import statistics
 import time
@@ -14,8 +15,8 @@ import time
 import torch
 
 from server.backends.base import TokenBatch
-from server.backends.torch_backend import TorchBackend
-from server.config import EngineConfig, load_model_config
+from server.build import load_model
+from server.config import ServerSettings, load_model_config
 
 
 def main() -> None:
@@ -25,13 +26,13 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=30)
     args = parser.parse_args()
-    backend = TorchBackend(load_model_config(args.config), EngineConfig(), "cpu")
-    backend.start()
+    model = asyncio.run(load_model(load_model_config(args.config), ServerSettings(device="cpu"), backend="torch"))
+    backend = model.backend
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, 150000, (args.rows, args.tokens), generator=generator).tolist()
-    names = sorted(backend.adapters())
-    variants = {"base": [None] * args.rows, "mixed3": [names[i % len(names)] for i in range(args.rows)],
-                "mixed3+base": [([None] + names)[i % (len(names) + 1)] for i in range(args.rows)]}
+    slots = sorted(model.adapters.slot_of(name) for name in model.adapters.names())
+    variants = {"base": [None] * args.rows, "mixed3": [slots[i % len(slots)] for i in range(args.rows)],
+                "mixed3+base": [([None] + slots)[i % (len(slots) + 1)] for i in range(args.rows)]}
     for adapters in variants.values():  # warm-up
         backend.embed_sync(TokenBatch(ids, adapters))
     times = {name: [] for name in variants}

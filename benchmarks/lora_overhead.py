@@ -11,6 +11,8 @@ median over rounds of the paired ratio t_variant / t_base - 1 (SPEC.md §7).
 from __future__ import annotations
 
 import argparse
+import shutil
+import asyncio
 import json
 import platform
 import statistics
@@ -57,12 +59,16 @@ def build_assets(args, folder: Path) -> dict:
     from safetensors.torch import save_file
     from transformers import Qwen3Config, Qwen3Model
 
+    from server.demo_assets import qwen_tokenizer_dir
+
     torch.manual_seed(0)
     config = Qwen3Config(vocab_size=args.vocab, hidden_size=args.hidden, num_hidden_layers=args.layers,
                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
                          intermediate_size=args.intermediate, max_position_embeddings=8192)
     model = Qwen3Model(config)
     model.save_pretrained(folder / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):  # the server loads one
+        shutil.copy(qwen_tokenizer_dir() / name, folder / "model" / name)
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     adapters = {"qkvo": [], "all7": []}
     for kind, targets, count in (("qkvo", QKVO, 8), ("all7", ALL7, max(8, args.many))):
@@ -80,18 +86,18 @@ def build_assets(args, folder: Path) -> dict:
     return {"model": folder / "model", **adapters}
 
 
-def our_backend(args, assets):
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig, model_config_from_dict
+def our_model(args, assets):
+    """Our torch backend with every adapter installed by the registry, as the server loads it."""
+    from server.build import load_model
+    from server.config import ServerSettings, model_config_from_dict
 
     every = assets["qkvo"] + assets["all7"]
     config = model_config_from_dict({"name": "bench", "model_path": str(assets["model"]), "adapter": "torch",
                                      "dtype": args.dtype, "adapter_options_loadtime": {
                                          "lora_paths": {n: str(p) for n, p in every},
                                          "max_loras_per_batch": len(every), "max_lora_rank": args.rank}})
-    backend = TorchBackend(config, EngineConfig(max_loras_per_model=len(every) + 1), args.device)
-    backend.start()
-    return backend
+    settings = ServerSettings(max_loras_per_model=len(every) + 1, device=args.device)
+    return asyncio.run(load_model(config, settings, backend="torch"))
 
 
 def peft_model(args, assets):
@@ -108,7 +114,7 @@ def peft_model(args, assets):
     return model.eval(), merged
 
 
-def make_variants(args, assets, backend, peft_pair):
+def make_variants(args, assets, served, peft_pair):
     from server.backends.base import TokenBatch
 
     generator = torch.Generator().manual_seed(1)
@@ -121,8 +127,8 @@ def make_variants(args, assets, backend, peft_pair):
     all7 = [n for n, _ in assets["all7"]]
 
     def ours(batch_rows, adapters):
-        batch = TokenBatch(batch_rows, adapters)
-        return lambda: backend.embed_sync(batch)
+        batch = TokenBatch(batch_rows, [None if a is None else served.adapters.slot_of(a) for a in adapters])
+        return lambda: served.backend.embed_sync(batch)
 
     variants = {
         "base": ours(rows, [None] * args.rows),
@@ -233,11 +239,11 @@ def main(argv=None) -> dict:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="lora-bench-") as tmp:
         assets = build_assets(args, Path(tmp))
-        backend = our_backend(args, assets)
+        model = our_model(args, assets)
         peft_pair = None if args.no_peft else peft_model(args, assets)
-        variants, shapes = make_variants(args, assets, backend, peft_pair)
+        variants, shapes = make_variants(args, assets, model, peft_pair)
         times = measure(variants, args.rounds, args.device)
-        backend.close()
+        asyncio.run(model.backend.close())
     result = report(args, times, shapes)
     text = json.dumps(result, indent=2)
     print(text)

@@ -151,26 +151,22 @@ async def sweep(send, args, cells) -> dict:
 
 async def inprocess_sweep(args, cells) -> dict:
     sys.path.insert(0, str(REPO))
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig, load_model_config
-    from server.engine import ModelEngine
+    from server.build import load_model
+    from server.config import ServerSettings, load_model_config
     from server.options import EncodeOptions
 
-    config = load_model_config(args.config)
-    settings = EngineConfig()
-    engine = ModelEngine(config, settings, TorchBackend(config, settings, "cpu"))
-    await asyncio.to_thread(engine.load)
-    engine.batcher.start()
+    model = await load_model(load_model_config(args.config), ServerSettings(device="cpu"), backend="torch")
+    model.batcher.start()
 
     async def send(texts, adapter):
-        result = await engine.encode(texts, EncodeOptions(lora_id=adapter))
+        result = await model.encode(texts, EncodeOptions(lora_id=adapter))
         return "200", result.input_tokens
 
     try:
         return await sweep(send, args, cells)
     finally:
-        await engine.batcher.stop()
-        engine.backend.close()
+        await model.batcher.stop()
+        await model.backend.close()
 
 
 async def main_async(args) -> dict:

@@ -66,8 +66,8 @@ def references(texts: list[str]) -> dict[tuple[int, str | None], np.ndarray]:
     from transformers import AutoTokenizer
 
     from server.backends.base import TokenBatch
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig, load_model_config
+    from server.build import load_model
+    from server.config import ServerSettings, load_model_config
     from server.demo_assets import ensure_builtin
     from server.tokenization import TextTokenizer
 
@@ -76,18 +76,19 @@ def references(texts: list[str]) -> dict[tuple[int, str | None], np.ndarray]:
     dynamic = ensure_builtin("builtin:qwen3-tiny/dynamic")
     paths.update({name: str(dynamic / name) for name in ("retail", "travel")})
     config = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, lora_paths=paths))
-    backend = TorchBackend(config, EngineConfig(), "cpu")
-    backend.start()
+    model = asyncio.run(load_model(config, ServerSettings(device="cpu"), backend="torch"))
+    backend = model.backend
     tokenizer = TextTokenizer(AutoTokenizer.from_pretrained(ensure_builtin(config.model_path)),
                               max_seq_len=config.max_seq_len, query_template=config.query_template,
                               default_instruction=config.default_instruction)
     ids = tokenizer.tokenize(texts).input_ids
     table = {}
     for adapter in ADAPTERS:
-        vectors = backend.embed_sync(TokenBatch(ids, [adapter] * len(ids)))
+        slot = None if adapter is None else model.adapters.slot_of(adapter)
+        vectors = backend.embed_sync(TokenBatch(ids, [slot] * len(ids)))
         for i, vector in enumerate(vectors):
             table[(i, adapter)] = vector / np.linalg.norm(vector)
-    backend.close()
+    asyncio.run(backend.close())
     return table
 
 

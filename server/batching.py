@@ -43,12 +43,12 @@ class RowResult:
 @dataclass(eq=False)
 class _Row:
     ids: Sequence[int]
-    adapter: str | None
+    slot: int | None  # adapter slot (a lease holds it resident), None = base
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
 
-def plan_batch(lengths: Sequence[int], adapters: Sequence[str | None], *, max_tokens: int,
+def plan_batch(lengths: Sequence[int], adapters: Sequence[int | None], *, max_tokens: int,
                max_adapters: int) -> list[int]:
     """Indices (into the waiting rows, oldest first) of the next batch; always includes index 0."""
     head_len = lengths[0]
@@ -78,7 +78,7 @@ class Batcher:
         self._task: asyncio.Task | None = None
         self._batches = 0
         self.on_batch: Callable[[int, int, int], None] | None = None  # (rows, padded tokens, adapters)
-        self.running: tuple[str | None, ...] = ()  # the adapters of the rows in the forward now running
+        self.running: tuple[int | None, ...] = ()  # the adapter slots of the rows in the forward now running
 
     @property
     def queue_depth(self) -> int:
@@ -89,8 +89,8 @@ class Batcher:
     def batches_run(self) -> int:
         return self._batches
 
-    def waiting_adapters(self) -> set[str | None]:
-        return {row.adapter for row in self._waiting if not row.future.done()}
+    def waiting_slots(self) -> set[int | None]:
+        return {row.slot for row in self._waiting if not row.future.done()}
 
     def start(self) -> None:
         if self._task is None:
@@ -106,19 +106,18 @@ class Batcher:
             self._task = None
         for row in self._waiting:
             if not row.future.done():
-                row.future.set_exception(errors.ApiError(503, "SHUTTING_DOWN", "the server is shutting down",
-                                                         {"Retry-After": "1"}))
+                row.future.set_exception(errors.ShuttingDown("the server is shutting down"))
         self._waiting.clear()
 
-    def submit(self, input_ids: Sequence[Sequence[int]], adapter: str | None) -> list[asyncio.Future]:
+    def submit(self, input_ids: Sequence[Sequence[int]], slot: int | None) -> list[asyncio.Future]:
         """Queue one request's rows; refuses the whole request when the queue would overflow."""
         if len(self._waiting) + len(input_ids) > self.limits.max_queue_items:
-            raise errors.queue_full(f"queue holds {len(self._waiting)} items (limit {self.limits.max_queue_items})")
+            raise errors.QueueFull(f"queue holds {len(self._waiting)} items (limit {self.limits.max_queue_items})")
         tokens = sum(len(ids) for ids in input_ids)
         if self._waiting_tokens + tokens > self.limits.max_queue_tokens:
-            raise errors.queue_full(f"queue holds {self._waiting_tokens} tokens (limit {self.limits.max_queue_tokens})")
+            raise errors.QueueFull(f"queue holds {self._waiting_tokens} tokens (limit {self.limits.max_queue_tokens})")
         loop = asyncio.get_running_loop()
-        rows = [_Row(ids, adapter, loop.create_future()) for ids in input_ids]
+        rows = [_Row(ids, slot, loop.create_future()) for ids in input_ids]
         self._waiting.extend(rows)
         self._waiting_tokens += tokens
         self._wakeup.set()
@@ -126,7 +125,7 @@ class Batcher:
 
     def _take_batch(self) -> list[_Row]:
         live = [row for row in self._waiting if not row.future.done()]  # cancelled by a gone client
-        chosen = set(plan_batch([len(r.ids) for r in live], [r.adapter for r in live],
+        chosen = set(plan_batch([len(r.ids) for r in live], [r.slot for r in live],
                                 max_tokens=self.limits.max_batch_tokens,
                                 max_adapters=self.limits.max_loras_per_batch)) if live else set()
         batch = [row for i, row in enumerate(live) if i in chosen]
@@ -161,11 +160,11 @@ class Batcher:
         self._batches += 1
         batch_id = self._batches
         if self.on_batch is not None:
-            self.on_batch(len(batch), len(batch) * max(len(r.ids) for r in batch), len({r.adapter for r in batch}))
+            self.on_batch(len(batch), len(batch) * max(len(r.ids) for r in batch), len({r.slot for r in batch}))
         started = time.perf_counter()
-        self.running = tuple(r.adapter for r in batch)
+        self.running = tuple(r.slot for r in batch)
         try:
-            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.adapter for r in batch]))
+            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.slot for r in batch]))
         except Exception as exc:  # fail this batch's rows only; the loop keeps serving
             log.exception("%s: batch %d of %d rows failed", self.name, batch_id, len(batch))
             for row in batch:

@@ -1,6 +1,6 @@
-"""Model and engine configuration: strict YAML loading into frozen dataclasses.
+"""Model configs and server settings: strict YAML loading into frozen dataclasses.
 
-Unknown keys are an error that names the file and the key. Engine settings merge
+Unknown keys are an error that names the file and the key. Server settings merge
 defaults < engine.yaml < environment (SIE_<KEY>) < CLI flags.
 """
 
@@ -94,7 +94,7 @@ class ModelConfig:
     name: str
     model_path: str
     source_file: str = "<memory>"
-    adapter: str = "auto"
+    backend: str = "auto"  # YAML key `adapter` (SIE's name for it): auto | torch | sglang
     dtype: str = "bfloat16"
     max_seq_len: int = 8192
     pooling: str = "last"
@@ -112,7 +112,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         where = self.source_file
         _require(where, bool(self.name), "'name' is required")
-        _require(where, self.adapter in BACKENDS, f"'adapter' must be one of {BACKENDS}, got {self.adapter!r}")
+        _require(where, self.backend in BACKENDS, f"'adapter' must be one of {BACKENDS}, got {self.backend!r}")
         _require(where, self.dtype in DTYPES, f"'dtype' must be one of {DTYPES}, got {self.dtype!r}")
         _require(where, self.pooling in POOLINGS, f"'pooling' must be one of {POOLINGS}, got {self.pooling!r}")
         _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
@@ -131,8 +131,8 @@ def adapters_on_demand(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, preload=False))
 
 
-MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters"} | {
-    "adapter_options_loadtime"}
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters", "backend"} | {
+    "adapter_options_loadtime", "adapter"}
 ADAPTER_KEYS = {"lora_paths", "max_loras_per_batch", "max_lora_rank", "lora_target_modules"} | SGLANG_PASSTHROUGH
 PROFILE_KEYS = {"instruction", "lora_id", "lora", "is_query"}
 
@@ -185,7 +185,9 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
                                        is_query=praw.get("is_query"))
     name = data.get("name")
     _require(where, isinstance(name, str) and name != "", "'name' is required")
-    kwargs = {k: data[k] for k in MODEL_KEYS - {"adapter_options_loadtime", "profiles", "name"} if k in data}
+    kwargs = {k: data[k] for k in MODEL_KEYS - {"adapter_options_loadtime", "profiles", "name", "adapter"} if k in data}
+    if "adapter" in data:
+        kwargs["backend"] = data["adapter"]
     for key in ("lora_roots", "lora_allow"):
         value = kwargs.get(key) or []
         _require(where, isinstance(value, list) and all(isinstance(v, str) for v in value),
@@ -201,7 +203,7 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
 
 
 @dataclass(frozen=True)
-class EngineConfig:
+class ServerSettings:
     """Server-wide settings (engine.yaml, SIE_* environment variables, CLI flags)."""
 
     max_loras_per_model: int = 10
@@ -220,7 +222,7 @@ class EngineConfig:
     shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
-        where = "engine settings"
+        where = "server settings"
         _require(where, self.max_loras_per_model >= 1, "max_loras_per_model must be >= 1")
         _require(where, self.max_batch_tokens >= 1, "max_batch_tokens must be >= 1")
         _require(where, self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0")
@@ -236,11 +238,11 @@ class EngineConfig:
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
-ENGINE_FIELDS = {f.name: f for f in dataclasses.fields(EngineConfig)}
+SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
 
 
 def _coerce(key: str, value: Any, where: str) -> Any:
-    kind = ENGINE_FIELDS[key].type
+    kind = SETTINGS_FIELDS[key].type
     try:
         if kind == "int":
             return int(value)
@@ -254,8 +256,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: {key} has an invalid value {value!r}") from None
 
 
-def load_engine_config(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
-                       overrides: Mapping[str, Any] | None = None) -> EngineConfig:
+def load_server_settings(path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+                         overrides: Mapping[str, Any] | None = None) -> ServerSettings:
     """Merge defaults < engine.yaml < SIE_<KEY> environment < explicit overrides (CLI)."""
     values: dict[str, Any] = {}
     if path is not None:
@@ -264,14 +266,14 @@ def load_engine_config(path: str | Path | None = None, *, env: Mapping[str, str]
             data = yaml.safe_load(Path(path).read_text()) or {}
         except OSError as exc:
             raise ConfigError(f"{where}: cannot read ({exc.strerror})") from exc
-        _check_keys(where, data, set(ENGINE_FIELDS))
+        _check_keys(where, data, set(SETTINGS_FIELDS))
         values.update({k: _coerce(k, v, where) for k, v in data.items()})
     env = os.environ if env is None else env
-    for key in ENGINE_FIELDS:
+    for key in SETTINGS_FIELDS:
         env_name = f"SIE_{key.upper()}"
         if env_name in env:
             values[key] = _coerce(key, env[env_name], f"environment {env_name}")
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _coerce(key, value, f"--{key.replace('_', '-')}")
-    return EngineConfig(**values)
+    return ServerSettings(**values)

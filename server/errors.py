@@ -1,69 +1,87 @@
-"""API errors: one exception type carrying the HTTP status, the SPEC error code and extra headers."""
+"""Domain errors of the serving core. They say what went wrong, never how to answer it: the API layer
+(`server/api/errors.py`) maps each kind to a status code, an error code and Retry-After, in one table."""
 
 from __future__ import annotations
 
 from typing import Iterable
 
 
-class ApiError(Exception):
-    """An error answered as `{"detail": {"code", "message"}}` with the given status."""
+class ServingError(Exception):
+    """Base of every error a client can be told about; the message is written for that client."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, message: str):
         super().__init__(message)
-        self.status = status
-        self.code = code
         self.message = message
-        self.headers = headers or {}
-
-    def __reduce__(self):
-        # Crosses process boundaries in scale-out (Ray pickles it back to the ingress).
-        return ApiError, (self.status, self.code, self.message, self.headers)
-
-    def body(self) -> dict:
-        return {"detail": {"code": self.code, "message": self.message}}
 
 
-def _names(names: Iterable[str]) -> str:
-    listed = sorted(names)
-    return ", ".join(listed) if listed else "none"
+class InvalidInput(ServingError):
+    """The request itself is wrong (shape, types, values)."""
 
 
-def invalid_input(message: str) -> ApiError:
-    return ApiError(400, "INVALID_INPUT", message)
+class UnknownAdapter(InvalidInput):
+    """A `lora_id` that is neither resident nor loadable from an allowed source."""
 
 
-def input_too_long(message: str, status: int = 400) -> ApiError:
-    return ApiError(status, "INPUT_TOO_LONG", message)
+class UnknownProfile(InvalidInput):
+    """A profile the model's config does not define."""
 
 
-def unknown_lora(lora_id: str, model: str, available: Iterable[str]) -> ApiError:
-    return invalid_input(f"unknown lora_id {lora_id!r} for model {model!r}; available: {_names(available)}")
+class AdapterLoadFailed(InvalidInput):
+    """The adapter was tried and could not be loaded (the cause is remembered for a while)."""
 
 
-def unknown_profile(profile: str, model: str, available: Iterable[str]) -> ApiError:
-    return invalid_input(f"unknown profile {profile!r} for model {model!r}; available: {_names(available)}")
+class InputTooLong(ServingError):
+    """An item over the token limit with `overflow_policy: error`."""
 
 
-def model_not_found(model: str, available: Iterable[str]) -> ApiError:
-    return ApiError(404, "MODEL_NOT_FOUND", f"model {model!r} is not served here; available: {_names(available)}")
+class NotSupported(InvalidInput):
+    """A feature this deployment does not offer (admin routes in scale-out)."""
 
 
-def model_loading(model: str) -> ApiError:
-    return ApiError(503, "MODEL_LOADING", f"model {model!r} is still loading", {"Retry-After": "5"})
+class ModelNotFound(ServingError):
+    """No served model of that name."""
 
 
-def model_load_failed(model: str, cause: str) -> ApiError:
-    return ApiError(502, "MODEL_LOAD_FAILED", f"model {model!r} failed to load: {cause}")
+class AdapterNotFound(ServingError):
+    """An admin action on an adapter that is not loaded."""
 
 
-def queue_full(message: str) -> ApiError:
-    return ApiError(503, "QUEUE_FULL", message, {"Retry-After": "1"})
+class AdapterConflict(ServingError):
+    """An admin load that names a resident adapter with another source."""
 
 
-def unauthorized() -> ApiError:
-    return ApiError(401, "UNAUTHORIZED", "missing or invalid API key (send 'Authorization: Bearer <key>')",
-                    {"WWW-Authenticate": "Bearer"})
+class ModelLoading(ServingError):
+    """The model is still starting."""
 
 
-def inference_error(request_id: str) -> ApiError:
-    return ApiError(500, "INFERENCE_ERROR", f"inference failed for this batch (request id {request_id})")
+class ModelLoadFailed(ServingError):
+    """The model could not be started; retrying will not help."""
+
+
+class AdapterLoading(ServingError):
+    """The adapter is being loaded in the background; retry shortly."""
+
+
+class QueueFull(ServingError):
+    """Admission refused: the queue is at its item or token limit, or the backend is overloaded."""
+
+
+class ShuttingDown(ServingError):
+    """The server is draining; the work was not started."""
+
+
+class AdapterNotResident(ServingError):
+    """A row reached a backend for a slot that holds no adapter (the registry makes this unreachable)."""
+
+
+def listed(names: Iterable[str]) -> str:
+    ordered = sorted(names)
+    return ", ".join(ordered) if ordered else "none"
+
+
+def unknown_profile(profile: str, model: str, available: Iterable[str]) -> UnknownProfile:
+    return UnknownProfile(f"unknown profile {profile!r} for model {model!r}; available: {listed(available)}")
+
+
+def model_not_found(model: str, available: Iterable[str]) -> ModelNotFound:
+    return ModelNotFound(f"model {model!r} is not served here; available: {listed(available)}")

@@ -1,26 +1,22 @@
-"""The narrow interface the HTTP layer serves a model through: `ModelEngine` in one process, or a
-scale-out client that forwards to Ray Serve replicas. Routes, metrics and admin use only this."""
+"""The seam the HTTP layer serves a model through: `LocalModel` in this process, or a scale-out model
+that forwards to Ray Serve replicas. Routes, metrics and admin use only this."""
 
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass
 from typing import Callable, Protocol, Sequence
 
+from server import errors
 from server.config import ModelConfig
 from server.options import EncodeOptions
 
 
-@dataclass(frozen=True)
-class EncodeResult:
-    vectors: object  # np.ndarray [items, dims] in the requested dtype
-    dims: int
-    input_tokens: int
-    tokenization_ms: float
-    queue_ms: float
-    inference_ms: float
-    postprocessing_ms: float
-    replica: str | None = None  # scale-out: the replica that ran the forward
+class ModelState(str, enum.Enum):
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
 
 
 @dataclass(frozen=True)
@@ -37,39 +33,67 @@ class ModelStats:
     max_loras: int
 
 
-BatchObserver = Callable[[int, int, int], None]
+@dataclass(frozen=True)
+class ModelStatus:
+    name: str
+    state: ModelState
+    dims: int = 0
+    failure: str | None = None
+    config_error: bool = False  # the failure is the operator's to fix (config, adapter files, sources)
+    stats: ModelStats | None = None  # None where the state lives elsewhere (scale-out: on each replica)
+
+    def require_ready(self) -> None:
+        if self.state is ModelState.LOADING:
+            raise errors.ModelLoading(f"model {self.name!r} is still loading")
+        if self.state is ModelState.FAILED:
+            raise errors.ModelLoadFailed(f"model {self.name!r} failed to load: {self.failure or 'unknown cause'}")
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    vectors: object  # np.ndarray [items, dims] in the requested dtype
+    dims: int
+    input_tokens: int
+    tokenization_ms: float
+    queue_ms: float
+    inference_ms: float
+    postprocessing_ms: float
+    replica: str | None = None  # scale-out: the replica that ran the forward
+
+
+BatchObserver = Callable[[int, int, int], None]  # (rows, padded tokens, distinct adapters) per forward
+
+
+class AdapterCatalog(Protocol):
+    """Read-only view of a model's adapters."""
+
+    def names(self) -> list[str]:
+        """Adapters a request may name without a load (for error messages and model lists)."""
+
+    def known(self, name: str) -> bool:
+        """Whether `name` is an adapter of this model (metric labels stay bounded by this)."""
+
+    def describe(self) -> list[dict]: ...
+
+
+class AdapterAdmin(Protocol):
+    async def load(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
+        """Load (or find) and wait; returns (description, created)."""
+
+    async def unload(self, name: str) -> None: ...
 
 
 class ServedModel(Protocol):
-    name: str
     config: ModelConfig
-    state: str  # loading | ready | failed
-    failure: str | None
+    adapters: AdapterCatalog
+    admin: AdapterAdmin | None  # optional part: None where adapters cannot be managed from here
 
-    @property
-    def dims(self) -> int: ...
-
-    def check_ready(self) -> None:
-        """Raise 503 MODEL_LOADING or 502 MODEL_LOAD_FAILED unless ready."""
+    def status(self) -> ModelStatus: ...
 
     def start(self, on_batch: BatchObserver) -> asyncio.Future:
         """Begin serving (loading continues in the background); the future settles when loading ends."""
 
     async def stop(self) -> None: ...
 
-    async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult: ...
-
-    def adapter_names(self) -> list[str]:
-        """Adapters a request may name without a load (for error messages and model lists)."""
-
-    def has_adapter(self, name: str) -> bool:
-        """Whether `name` is an adapter of this model (metric labels stay bounded by this)."""
-
-    async def describe_adapters(self) -> list[dict]: ...
-
-    async def load_adapter(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]: ...
-
-    async def unload_adapter(self, name: str) -> None: ...
-
-    def stats(self) -> ModelStats | None:
-        """None where the state lives elsewhere (scale-out ingress: each replica exports its own)."""
+    async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
+        """Raises ModelLoading / ModelLoadFailed unless ready (the one readiness check of a request)."""

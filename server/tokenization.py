@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from server import errors
+from server.config import ConfigError, ModelConfig
+from server.sources import resolve_source
 
 OVERFLOW_POLICIES = ("truncate", "error")
 
@@ -59,9 +61,22 @@ class TextTokenizer:
             content = ids[:-1] if ids and ids[-1] == self.eos_id else ids
             cut = len(content) + 1 > max_len
             if cut and overflow == "error":
-                raise errors.input_too_long(
+                raise errors.InputTooLong(
                     f"item {index} has {len(content) + 1} tokens, over the limit of {max_len} "
                     "(overflow_policy is 'error'; use 'truncate' to cut it)")
             rows.append((content[:max_len - 1] if cut else content) + [self.eos_id])
             truncated.append(cut)
         return Tokenized(rows, truncated)
+
+
+def load_tokenizer(config: ModelConfig) -> TextTokenizer:
+    """The model's Hugging Face tokenizer wrapped with its template, EOS and length limit (blocking)."""
+    from transformers import AutoTokenizer
+
+    folder = resolve_source(config.model_path, kind="model")
+    try:
+        return TextTokenizer(AutoTokenizer.from_pretrained(folder), max_seq_len=config.max_seq_len,
+                             query_template=config.query_template, default_instruction=config.default_instruction,
+                             eos_token=config.eos_token)
+    except ValueError as exc:
+        raise ConfigError(f"{config.source_file}: {exc}") from None

@@ -1,7 +1,9 @@
-"""Shared fixtures: offline demo assets, a started torch backend, a PEFT reference and live servers."""
+"""Shared fixtures: offline demo assets, the demo model loaded on the torch backend, a PEFT reference
+and live servers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import tempfile
@@ -47,15 +49,37 @@ def demo_dirs(demo_config):
     return dirs
 
 
-@pytest.fixture(scope="session")
-def torch_backend(demo_config, demo_dirs):
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig
+def loaded_model(config, **settings):
+    """A model built and loaded in process on the torch backend (its adapters preloaded by the registry)."""
+    from server.build import load_model
+    from server.config import ServerSettings
 
-    backend = TorchBackend(demo_config, EngineConfig(), "cpu")
-    backend.start()
-    yield backend
-    backend.close()
+    return asyncio.run(load_model(config, ServerSettings(**settings), backend="torch"))
+
+
+def token_batch(model, rows, adapters):
+    """Rows under adapter names, as the registry hands them to a backend: one slot per row."""
+    from server.backends.base import TokenBatch
+
+    return TokenBatch(rows, [None if name is None else model.adapters.slot_of(name) for name in adapters])
+
+
+@pytest.fixture(scope="session")
+def demo_model(demo_config, demo_dirs):
+    model = loaded_model(demo_config)
+    yield model
+    asyncio.run(model.backend.close())
+
+
+@pytest.fixture(scope="session")
+def torch_backend(demo_model):
+    return demo_model.backend
+
+
+@pytest.fixture(scope="session")
+def embed_rows(demo_model):
+    """(token rows, adapter names) -> pooled vectors from the demo model's torch backend."""
+    return lambda rows, adapters: demo_model.backend.embed_sync(token_batch(demo_model, rows, adapters))
 
 
 @pytest.fixture(scope="session")
@@ -111,16 +135,16 @@ class LiveServer:
         self.thread.join(timeout=30)
 
 
-def build_app(model_config, *, backend=None, **engine_settings):
+def build_app(model_config, *, backend=None, **server_settings):
     from server.api.app import create_app
     from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig
-    from server.engine import ModelEngine
+    from server.config import ServerSettings
+    from server.local_model import LocalModel
 
-    settings = EngineConfig(**engine_settings)
+    settings = ServerSettings(**server_settings)
     backend = backend or TorchBackend(model_config, settings, "cpu")
-    engine = ModelEngine(model_config, settings, backend)
-    return create_app({model_config.name: engine}, settings, load_in_background=False), engine
+    model = LocalModel(model_config, settings, backend)
+    return create_app({model_config.name: model}, settings, load_in_background=False), model
 
 
 def wait_ready(url: str, timeout: float = 60.0, process=None) -> None:
@@ -144,7 +168,7 @@ def make_gated_backend():
     """The real torch backend with test controls around its forward (no numerics are changed):
     `hold` keeps forwards waiting (so rows can be queued on purpose), `entered` says one is waiting,
     `seen` records every row that reached a forward, a row whose length is in `poison` makes its batch
-    fail, and `loads` records adapter loads."""
+    fail, and `loads` records adapter installs by name."""
     import asyncio
 
     from server.backends.torch_backend import TorchBackend
@@ -167,9 +191,9 @@ def make_gated_backend():
                 raise RuntimeError("simulated kernel failure")
             return await super().embed(batch)
 
-        def load_adapter(self, name, folder, *, pinned=False):
-            self.loads.append(name)
-            return super().load_adapter(name, folder, pinned=pinned)
+        async def install(self, slot, adapter, *, pinned=False):
+            self.loads.append(adapter.name)
+            await super().install(slot, adapter, pinned=pinned)
 
     return GatedBackend
 

@@ -51,8 +51,8 @@ def main(argv=None) -> dict:
     from transformers import AutoModel
 
     from server.backends.base import TokenBatch
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig, model_config_from_dict
+    from server.build import load_model
+    from server.config import ServerSettings, model_config_from_dict
 
     args = parse_args(argv)
     shape_args = lo.parse_args(["--layers", str(args.layers), "--rank", str(args.rank), "--many", "8",
@@ -71,9 +71,9 @@ def main(argv=None) -> dict:
         config = model_config_from_dict({"name": "gpu", "model_path": model_dir, "adapter": "torch", "dtype": "bfloat16",
                                          "max_seq_len": args.tokens + 8, "adapter_options_loadtime": {
                                              "lora_paths": adapters, "max_lora_rank": args.rank}})
-        ours = TorchBackend(config, EngineConfig(), "cuda")
-        ours.start()
-        torch_vectors = ours.embed_sync(TokenBatch(ids, mixed))
+        model = asyncio.run(load_model(config, ServerSettings(device="cuda"), backend="torch"))
+        ours = model.backend
+        torch_vectors = ours.embed_sync(TokenBatch(ids, [m and model.adapters.slot_of(m) for m in mixed]))
 
         base = AutoModel.from_pretrained(model_dir, dtype=torch.bfloat16).cuda().eval()
         peft = PeftModel.from_pretrained(base, adapters[names[0]], adapter_name=names[0])
@@ -105,7 +105,8 @@ def main(argv=None) -> dict:
                     "mixed8": [names[i % 8] for i in range(args.rows)]}
         runners = {}
         for label, chosen in variants.items():
-            runners[f"torch_{label}"] = (lambda c=chosen: ours.embed_sync(TokenBatch(ids, c)))
+            slots = [m and model.adapters.slot_of(m) for m in chosen]
+            runners[f"torch_{label}"] = (lambda c=slots: ours.embed_sync(TokenBatch(ids, c)))
             runners[f"sglang_{label}"] = (lambda c=chosen: sglang_embed(c))
         times = {name: [] for name in runners}
         for fn in runners.values():

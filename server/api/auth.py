@@ -7,8 +7,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from server import errors
-from server.api.openai_errors import send_error
+from server.api.errors import send_error, unauthorized
 
 
 def key_matches(header: str, keys: tuple[str, ...]) -> bool:
@@ -34,4 +33,4 @@ class AuthMiddleware:
         if key_matches(headers.get(b"authorization", b"").decode("latin-1"), self.keys):
             await self.app(scope, receive, send)
             return
-        await send_error(scope, send, errors.unauthorized())
+        await send_error(scope, send, unauthorized())

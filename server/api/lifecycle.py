@@ -13,7 +13,8 @@ import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server import errors
-from server.api.openai_errors import send_error
+from server.api.errors import from_domain, send_error
+from server.served_model import ModelState, ModelStatus
 
 log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -26,6 +27,12 @@ class Lifecycle:
         self.draining = False
         self.in_flight = 0
         self._idle: asyncio.Event | None = None
+        self.on_fatal: Callable[[str], None] | None = None  # set by a server that stops on a config error
+
+    def model_loaded(self, status: ModelStatus) -> None:
+        """A model finished loading; one that failed on a config error stops a server that asked for it."""
+        if status.state is ModelState.FAILED and status.config_error and self.on_fatal is not None:
+            self.on_fatal(f"model {status.name}: {status.failure}")
 
     def _event(self) -> asyncio.Event:
         if self._idle is None:
@@ -65,8 +72,7 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
             return
         if self.lifecycle.draining:
-            error = errors.ApiError(503, "SHUTTING_DOWN", "the server is shutting down; retry on another replica",
-                                    {"Retry-After": "1"})
+            error = from_domain(errors.ShuttingDown("the server is shutting down; retry on another replica"))
             await send_error(scope, send, error, close=True)
             return
         self.lifecycle.enter()
@@ -86,6 +92,13 @@ class DrainingServer(uvicorn.Server):
         self.grace_s = grace_s
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_started = False
+        self.fatal: str | None = None
+        lifecycle.on_fatal = self._stop_on_fatal
+
+    def _stop_on_fatal(self, message: str) -> None:
+        log.error("%s; stopping", message)
+        self.fatal = message
+        self.should_exit = True
 
     async def serve(self, sockets=None) -> None:
         self._loop = asyncio.get_running_loop()

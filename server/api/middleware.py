@@ -13,7 +13,7 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server import errors
+from server.api.errors import body_too_large
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("server.access")
@@ -68,11 +68,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The body, refused with 413 from Content-Length alone when it says too much, else while streaming."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise errors.input_too_long(f"request body of {declared} bytes is over the limit of {limit} bytes", 413)
+        raise body_too_large(f"request body of {declared} bytes is over the limit of {limit} bytes")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise errors.input_too_long(f"request body is over the limit of {limit} bytes", 413)
+            raise body_too_large(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)

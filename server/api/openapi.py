@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from server.api.openai_errors import OPENAI_PATHS
-from server.api.schemas import EncodeRequestIn
+from server.api.errors import OPENAI_PATHS
+from server.api.schemas import EmbeddingsIn, EncodeRequestIn
 
 REF = "#/components/schemas/{model}"
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": REF.format(model="Error")}}}}
@@ -44,8 +44,6 @@ _COMPONENTS = {
 
 
 def install_openapi(app: FastAPI) -> None:
-    from server.api.openai_routes import EmbeddingsIn
-
     def schema() -> dict:
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, description=app.description,

@@ -1,42 +1,119 @@
-"""Pydantic models for request bodies (the HTTP edge only); unknown fields are ignored."""
+"""Pydantic models for request bodies (the HTTP edge only). Both encode APIs parse their options through
+`OptionsIn` into the core's typed `EncodeRequest`; unknown fields are ignored."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError,
+                      field_validator, model_validator)
 
-from server import errors
+from server.api.errors import invalid_input
+from server.options import EncodeRequest, RequestedOptions
+
+OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"), "profile": (str, "a string"),
+                "is_query": (bool, "a boolean"), "instruction": (str, "a string"), "dims": (int, "an integer"),
+                "overflow_policy": (str, "a string")}
 
 
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _text(value: str) -> str:
+    if value == "":
+        raise ValueError("text must not be empty")
+    if "\x00" in value:
+        raise ValueError("text must not contain NUL characters")
+    return value
+
+
+class OptionsIn(_Lenient):
+    lora_id: StrictStr | None = None
+    lora: StrictStr | None = None  # alias of lora_id
+    profile: StrictStr | None = None
+    is_query: StrictBool | None = None
+    instruction: StrictStr | None = None
+    dims: StrictInt | None = None
+    overflow_policy: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _types(cls, data: Any) -> Any:
+        for key, (kind, label) in OPTION_TYPES.items():
+            value = data.get(key) if isinstance(data, dict) else None
+            # bool is an int subclass: a flag must not pass as a dimension and vice versa.
+            if value is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"options.{key} must be {label}, got {type(value).__name__}")
+        return data
+
+    @model_validator(mode="after")
+    def _alias(self) -> OptionsIn:
+        if self.lora_id is not None and self.lora is not None and self.lora_id != self.lora:
+            raise ValueError(f"options.lora_id {self.lora_id!r} and options.lora {self.lora!r} disagree")
+        return self
+
+    def requested(self, *, instruction: str | None = None, output_types: list[str] | None = None,
+                  output_dtype: str | None = None) -> RequestedOptions:
+        """The core's options; `instruction` (params.instruction) beats options.instruction."""
+        return RequestedOptions(
+            lora_id=self.lora_id if self.lora_id is not None else self.lora, profile=self.profile,
+            is_query=self.is_query, instruction=instruction if instruction is not None else self.instruction,
+            dims=self.dims, overflow_policy=self.overflow_policy,
+            output_types=tuple(output_types) if output_types is not None else None, output_dtype=output_dtype)
+
+
 class ItemIn(_Lenient):
     id: StrictStr | StrictInt | None = None
     text: StrictStr
 
-    @field_validator("text")
-    @classmethod
-    def _not_empty(cls, value: str) -> str:
-        if value == "":
-            raise ValueError("text must not be empty")
-        if "\x00" in value:
-            raise ValueError("text must not contain NUL characters")
-        return value
+    _not_empty = field_validator("text")(_text)
 
 
 class ParamsIn(_Lenient):
-    output_types: list[Literal["dense"]] | None = None
-    output_dtype: Literal["float32", "float16", "int8", "uint8", "binary", "ubinary"] | None = None
+    output_types: list[StrictStr] | None = None
+    output_dtype: StrictStr | None = None
     instruction: StrictStr | None = None
-    options: dict[str, Any] | None = None
+    options: OptionsIn | None = None
 
 
 class EncodeRequestIn(_Lenient):
     items: list[ItemIn] = Field(min_length=1)
     params: ParamsIn | None = None
+
+    def to_request(self, model: str) -> EncodeRequest:
+        params = self.params or ParamsIn()
+        options = (params.options or OptionsIn()).requested(
+            instruction=params.instruction, output_types=params.output_types, output_dtype=params.output_dtype)
+        return EncodeRequest(model, tuple(item.text for item in self.items), options)
+
+
+class EmbeddingsIn(_Lenient):
+    """OpenAI's embeddings body; `is_query` and `instruction` are extensions (the client's extra_body)."""
+
+    model: StrictStr
+    input: StrictStr | list[StrictStr]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: StrictInt | None = None
+    user: StrictStr | None = None
+    is_query: StrictBool | None = None
+    instruction: StrictStr | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _texts(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        if not texts:
+            raise ValueError("input must hold at least one string")
+        if any(t == "" or "\x00" in t for t in texts):
+            raise ValueError("input strings must be non-empty and free of NUL characters")
+        return value
+
+    def to_request(self, model: str, suffix: dict[str, str]) -> EncodeRequest:
+        """`suffix`: {"profile": name} or {"lora_id": name} from `<model>:<suffix>`."""
+        texts = (self.input,) if isinstance(self.input, str) else tuple(self.input)
+        options = OptionsIn(**suffix, is_query=self.is_query, instruction=self.instruction, dims=self.dimensions)
+        return EncodeRequest(model, texts, options.requested())
 
 
 def describe(exc: ValidationError) -> str:
@@ -48,10 +125,12 @@ def describe(exc: ValidationError) -> str:
     return "; ".join(parts) + (f" (and {more} more)" if more > 0 else "")
 
 
-def parse_encode_request(body: Any) -> EncodeRequestIn:
+def validate(model: type[BaseModel], body: Any, *, what: str = "request body must be an object") -> Any:
+    """The body as `model`, or 400 INVALID_INPUT naming the fields that are wrong."""
     if not isinstance(body, dict):
-        raise errors.invalid_input("request body must be an object with 'items'")
+        raise invalid_input(what)
     try:
-        return EncodeRequestIn.model_validate(body)
+        return model.model_validate(body)
     except ValidationError as exc:
-        raise errors.invalid_input(describe(exc)) from None
+        raise invalid_input(describe(exc)) from None
+

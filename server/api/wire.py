@@ -8,7 +8,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from server import errors
+from server.api.errors import invalid_input
 
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
@@ -52,13 +52,13 @@ def dump_json(obj: Any) -> bytes:
 
 def decode_body(raw: bytes, content_type: str | None) -> Any:
     if not raw:
-        raise errors.invalid_input("empty request body")
+        raise invalid_input("empty request body")
     if is_msgpack(content_type):
         try:
             return msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types for corrupt input
-            raise errors.invalid_input(f"malformed msgpack body ({type(exc).__name__})") from None
+            raise invalid_input(f"malformed msgpack body ({type(exc).__name__})") from None
     try:
         return json.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise errors.invalid_input(f"malformed JSON body: {exc}") from None
+        raise invalid_input(f"malformed JSON body: {exc}") from None

@@ -5,11 +5,12 @@ from __future__ import annotations
 import importlib.util
 
 from server.backends.base import Backend
-from server.config import EngineConfig, ModelConfig
+from server.config import ModelConfig, ServerSettings
 
 _IMPLEMENTATIONS = {
     "torch": ("server.backends.torch_backend", "TorchBackend"),
     "sglang": ("server.backends.sglang_backend", "SGLangBackend"),
+    "dry-run": ("server.backends.dry_run", "DryRunBackend"),  # launch.py check; never chosen by a config
 }
 
 
@@ -30,7 +31,7 @@ def resolve_backend_kind(requested: str, device: str) -> str:
     return "torch"
 
 
-def create_backend(kind: str, model: ModelConfig, engine: EngineConfig, device: str) -> Backend:
+def create_backend(kind: str, model: ModelConfig, settings: ServerSettings, device: str) -> Backend:
     if kind not in _IMPLEMENTATIONS:
         raise ValueError(f"unknown backend {kind!r}; choose one of {', '.join(_IMPLEMENTATIONS)}")
     module_name, class_name = _IMPLEMENTATIONS[kind]
@@ -38,4 +39,4 @@ def create_backend(kind: str, model: ModelConfig, engine: EngineConfig, device: 
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise RuntimeError(f"backend {kind!r} is not available here: {exc}") from None
-    return getattr(module, class_name)(model, engine, device)
+    return getattr(module, class_name)(model, settings, device)

@@ -1,77 +1,71 @@
-"""The narrow backend contract: token ids + one adapter name per row in, one pooled vector per row out.
+"""The backend contract: token ids + one adapter slot per row in, one pooled vector per row out.
 
-The server owns tokenisation, templates, truncation, adapter names, batching and post-processing;
-a backend only runs the model and keeps adapters resident.
+The server owns tokenisation, templates, truncation, batching, post-processing and every adapter name
+(the adapter registry assigns slots). A backend loads the base model, installs validated adapter
+weights at a slot, removes them, and runs forwards. Async only; errors it raises are domain errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from server.lora.peft_format import LoraAdapter
+
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter `adapters[i]` (None = base)."""
+    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter slot `slots[i]` (None = base)."""
 
     input_ids: Sequence[Sequence[int]]
-    adapters: Sequence[str | None]
+    slots: Sequence[int | None]
 
     def __post_init__(self) -> None:
-        if len(self.input_ids) != len(self.adapters):
-            raise ValueError("input_ids and adapters must have one entry per row")
+        if len(self.input_ids) != len(self.slots):
+            raise ValueError("input_ids and slots must have one entry per row")
+
+    def split(self, at: int) -> tuple[TokenBatch, TokenBatch]:
+        return (TokenBatch(self.input_ids[:at], self.slots[:at]),
+                TokenBatch(self.input_ids[at:], self.slots[at:]))
 
 
 @dataclass(frozen=True)
-class AdapterInfo:
-    name: str
-    source: str
-    rank: int
-    target_modules: tuple[str, ...]
-    nbytes: int
-    pinned: bool = False
+class BackendInfo:
+    """What the rest of the server needs to know about a started backend."""
 
-
-class AdapterNotLoaded(KeyError):
-    """A row named an adapter the backend does not hold."""
+    hidden_size: int
+    linear_shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # LoRA-capable: path -> (in, out)
+    max_input_tokens: int | None = None  # a backend-side limit below the model's max_seq_len, if any
+    description: str = ""  # one line for logs and `launch.py check`
 
 
 class Backend(ABC):
-    """One loaded base model with resident LoRA adapters."""
-
-    hidden_size: int
-    max_input_tokens: int | None = None  # a backend-side limit below the model's max_seq_len, if any
+    """One loaded base model with adapter slots."""
 
     @abstractmethod
-    def start(self) -> None:
-        """Load the model and the preloaded adapters (blocking; the server calls it off the event loop)."""
+    async def start(self) -> None:
+        """Load the base model (blocking work runs off the event loop)."""
+
+    @property
+    @abstractmethod
+    def info(self) -> BackendInfo:
+        """Valid once `start` returned."""
 
     @abstractmethod
     async def embed(self, batch: TokenBatch) -> np.ndarray:
         """Pooled (not normalised) float32 vectors, shape [rows, hidden_size], in row order."""
 
     @abstractmethod
-    def load_adapter(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
-        """Validate and make an adapter resident (blocking); raises AdapterError with the cause."""
+    async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:
+        """Make a validated adapter's weights resident at `slot` (`pinned`: a hint that it stays)."""
 
     @abstractmethod
-    def unload_adapter(self, name: str) -> None:
-        """Drop a resident adapter (blocking)."""
-
-    async def load_adapter_async(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
-        """Called on the serving loop; backends with a native async API (SGLang) override it."""
-        return await asyncio.to_thread(self.load_adapter, name, folder, pinned=pinned)
-
-    async def unload_adapter_async(self, name: str) -> None:
-        await asyncio.to_thread(self.unload_adapter, name)
+    async def remove(self, slot: int) -> None:
+        """Drop the weights at `slot`."""
 
     @abstractmethod
-    def adapters(self) -> Mapping[str, AdapterInfo]:
-        """The resident adapters by served name."""
-
-    def close(self) -> None:
+    async def close(self) -> None:
         """Release the model and any helper processes."""

@@ -3,7 +3,8 @@
 In-process rather than a `sglang.launch_server` subprocess: token ids go straight to SGLang's tokenizer
 manager (no second HTTP hop, no JSON re-serialisation of float vectors), one call carries one adapter
 name per row so SGLang's scheduler mixes adapters in its batches, and adapters load and unload through
-the same async API. SGLang still runs its scheduler in child processes; the backend records which ones
+the same async API. SGLang starts with no adapter: the registry installs every adapter (preloaded
+ones pinned) through that API, under the adapter's name as SGLang's key. SGLang still runs its scheduler in child processes; the backend records which ones
 it started and stops only those (`Engine.shutdown()` would kill every child of the server process).
 Adapters are validated with our own PEFT reader first and, where SGLang would silently ignore a
 setting (rsLoRA, rank/alpha patterns), rewritten as an equivalent plain LoRA.
@@ -19,16 +20,15 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 
 from server import errors
-from server.backends.base import AdapterInfo, AdapterNotLoaded, Backend, TokenBatch
+from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
-from server.config import EngineConfig, ModelConfig
-from server.lora.peft_format import AdapterError, LoraAdapter, load_peft_adapter, read_adapter_config
+from server.config import ModelConfig, ServerSettings
+from server.lora.peft_format import AdapterError, LoraAdapter, read_adapter_config
 from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -64,58 +64,57 @@ def plain_lora_folder(adapter: LoraAdapter, folder: Path, cache: Path) -> Path:
 
 
 class SGLangBackend(Backend):
-    def __init__(self, model: ModelConfig, engine: EngineConfig, device: str):
+    def __init__(self, model: ModelConfig, settings: ServerSettings, device: str):
         self.config = model
-        self.settings = engine
         self.device = device
         options = dict(model.adapters.sglang_options)
         self.context_length = int(options.pop("context_length", model.max_seq_len + CONTEXT_MARGIN))
-        self.max_input_tokens = self.context_length - CONTEXT_MARGIN
         self.options = options
         self.engine = None
-        self.hidden_size = 0
-        self._shapes: dict[str, tuple[int, int]] = {}
-        self._infos: dict[str, AdapterInfo] = {}
+        self._info = BackendInfo(hidden_size=0)
+        self._keys: dict[int, str] = {}  # slot -> the name SGLang holds the adapter under
         self._children: list = []
         self._loop_ready = False
         self._cache = Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve() / "sglang-adapters"
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def _prepare(self, name: str, folder: Path) -> tuple[LoraAdapter, Path]:
-        adapter = load_peft_adapter(name, folder, base_shapes=self._shapes,
-                                    max_rank=self.config.adapters.max_lora_rank)
-        return adapter, plain_lora_folder(adapter, folder, self._cache)
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
 
-    def start(self) -> None:
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._launch)
+
+    def _launch(self) -> None:
         import psutil
         import sglang
 
         folder = resolve_source(self.config.model_path, kind="model")
-        self._shapes, self.hidden_size = meta_linear_shapes(folder, self.config.adapters.lora_target_modules)
-        prepared = {name: self._prepare(name, resolve_source(source, kind="adapter"))
-                    for name, source in self.config.adapters.preloaded.items()}
-        targets = self.config.adapters.lora_target_modules or sorted(
-            {t for adapter, _ in prepared.values() for t in adapter.target_modules} or ALL_LINEARS)
+        shapes, hidden_size = meta_linear_shapes(folder, self.config.adapters.lora_target_modules)
+        targets = self.config.adapters.lora_target_modules or ALL_LINEARS
         kwargs = dict(model_path=str(folder), is_embedding=True, enable_lora=True,
-                      lora_paths=[{"lora_name": n, "lora_path": str(p), "pinned": True} for n, (_, p) in prepared.items()],
                       max_loras_per_batch=self.config.adapters.max_loras_per_batch,
                       max_lora_rank=self.config.adapters.max_lora_rank, lora_target_modules=list(targets),
                       dtype=self.config.dtype, context_length=self.context_length, **self.options)
-        log.info("%s: starting SGLang (%s) with adapters %s", self.config.name, folder, ", ".join(prepared) or "none")
+        log.info("%s: starting SGLang (%s)", self.config.name, folder)
         before = {p.pid for p in psutil.Process().children(recursive=True)}
         self.engine = sglang.Engine(**kwargs)
         self._children = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-        for name, (adapter, _) in prepared.items():
-            self._infos[name] = AdapterInfo(name=name, source=adapter.source, rank=adapter.rank,
-                                            target_modules=adapter.target_modules, nbytes=adapter.nbytes, pinned=True)
+        self._info = BackendInfo(hidden_size=hidden_size, linear_shapes=shapes,
+                                 max_input_tokens=self.context_length - CONTEXT_MARGIN,
+                                 description=f"{folder} in SGLang ({self.config.dtype})")
 
-    def close(self) -> None:
-        import psutil
-
+    async def close(self) -> None:
         if self._children and threading.current_thread() is threading.main_thread():
             # SGLang's children send SIGQUIT to this process when they die, and SGLang answers that by
             # killing the whole process tree (this server included). Here they die because we stop them.
             signal.signal(signal.SIGQUIT, signal.SIG_IGN)
+        await asyncio.to_thread(self._stop_children)
+        self.engine = None
+
+    def _stop_children(self) -> None:
+        import psutil
+
         for process in self._children:
             try:
                 process.terminate()
@@ -125,7 +124,6 @@ class SGLangBackend(Backend):
         for process in alive:
             process.kill()
         self._children = []
-        self.engine = None
 
     def _own_the_loop(self) -> None:
         """SGLang's tokenizer manager binds to the serving loop on first use and then takes SIGTERM for
@@ -146,50 +144,41 @@ class SGLangBackend(Backend):
         from sglang.srt.managers.io_struct import EmbeddingReqInput
 
         self._own_the_loop()
-        request = EmbeddingReqInput(input_ids=[list(ids) for ids in batch.input_ids], lora_path=list(batch.adapters))
+        missing = {slot for slot in batch.slots if slot is not None} - set(self._keys)
+        if missing:
+            raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
+        keys = [None if slot is None else self._keys[slot] for slot in batch.slots]
+        request = EmbeddingReqInput(input_ids=[list(ids) for ids in batch.input_ids], lora_path=keys)
         try:
             outputs = await self.engine.tokenizer_manager.generate_request(request, None).__anext__()
         except ValueError as exc:
             if "never been loaded" in str(exc):
-                raise AdapterNotLoaded(str(exc)) from None
+                raise errors.AdapterNotResident(str(exc)) from None
             raise
         except Exception as exc:  # scheduler aborts arrive as fastapi.HTTPException
             status = getattr(exc, "status_code", None)
             if status in (429, 503):
-                raise errors.queue_full(f"SGLang is overloaded: {getattr(exc, 'detail', exc)}") from None
+                raise errors.QueueFull(f"SGLang is overloaded: {getattr(exc, 'detail', exc)}") from None
             if status == 400:
-                raise errors.invalid_input(f"SGLang refused the batch: {getattr(exc, 'detail', exc)}") from None
+                raise errors.InvalidInput(f"SGLang refused the batch: {getattr(exc, 'detail', exc)}") from None
             raise
         if isinstance(outputs, dict):
             outputs = [outputs]
         return np.asarray([output["embedding"] for output in outputs], dtype=np.float32)
 
     # -- adapters --------------------------------------------------------------------------
-    async def load_adapter_async(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
+    async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:
         self._own_the_loop()
-        adapter, ready = await asyncio.to_thread(self._prepare, name, Path(folder))
-        result = await self.engine.async_load_lora_adapter(name, str(ready), pinned=pinned)
+        folder = await asyncio.to_thread(plain_lora_folder, adapter, Path(adapter.source), self._cache)
+        result = await self.engine.async_load_lora_adapter(adapter.name, str(folder), pinned=pinned)
         if not result.success:
-            raise AdapterError(f"adapter {name!r}: SGLang refused it: {result.error_message}")
-        info = AdapterInfo(name=name, source=adapter.source, rank=adapter.rank, target_modules=adapter.target_modules,
-                           nbytes=adapter.nbytes, pinned=pinned)
-        self._infos[name] = info
-        return info
+            raise AdapterError(f"adapter {adapter.name!r}: SGLang refused it: {result.error_message}")
+        self._keys[slot] = adapter.name
 
-    async def unload_adapter_async(self, name: str) -> None:
+    async def remove(self, slot: int) -> None:
         self._own_the_loop()
-        if name not in self._infos:
-            raise AdapterNotLoaded(name)
-        result = await self.engine.async_unload_lora_adapter(name)
+        key = self._keys[slot]
+        result = await self.engine.async_unload_lora_adapter(key)
         if not result.success:
-            raise AdapterError(f"adapter {name!r}: SGLang could not unload it: {result.error_message}")
-        del self._infos[name]
-
-    def load_adapter(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
-        raise NotImplementedError("the SGLang backend loads adapters on the serving loop (load_adapter_async)")
-
-    def unload_adapter(self, name: str) -> None:
-        raise NotImplementedError("the SGLang backend unloads adapters on the serving loop (unload_adapter_async)")
-
-    def adapters(self) -> Mapping[str, AdapterInfo]:
-        return dict(self._infos)
+            raise AdapterError(f"adapter {key!r}: SGLang could not unload it: {result.error_message}")
+        del self._keys[slot]

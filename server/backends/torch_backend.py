@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
 
-from server.backends.base import AdapterInfo, AdapterNotLoaded, Backend, TokenBatch
+from server import errors
+from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import DTYPES, linear_targets, load_encoder, shapes_of
-from server.config import EngineConfig, ModelConfig
+from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import SegmentPlan, install_adapter, plan_segments, remove_adapter, wrap_linears
-from server.logs import startup_progress
-from server.lora.peft_format import AdapterError, load_peft_adapter
+from server.lora.peft_format import LoraAdapter
 from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -39,9 +36,8 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
 
 
 class TorchBackend(Backend):
-    def __init__(self, model: ModelConfig, engine: EngineConfig, device: str):
+    def __init__(self, model: ModelConfig, settings: ServerSettings, device: str):
         self.config = model
-        self.settings = engine
         self.device = device
         dtype = model.dtype if device.startswith("cuda") else "float32"
         if dtype != model.dtype:
@@ -49,73 +45,51 @@ class TorchBackend(Backend):
         self.dtype = DTYPES[dtype]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model.name}")
         self._plan = SegmentPlan()
-        self._lock = threading.Lock()  # guards the adapter maps below against concurrent loads
-        self._slots: dict[str, int] = {}
-        self._infos: dict[str, AdapterInfo] = {}
+        self._installed: set[int] = set()  # touched on the worker thread only
         self._layers: dict = {}
-        self._shapes: dict[str, tuple[int, int]] = {}
+        self._info = BackendInfo(hidden_size=0)
         self.model = None
-        self.hidden_size = 0
+
+    @property
+    def info(self) -> BackendInfo:
+        return self._info
 
     # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        adapters = self.config.adapters.preloaded
-        with startup_progress(f"loading {self.config.name}", 1 + len(adapters), log) as progress:
-            folder = resolve_source(self.config.model_path, kind="model")
-            log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
-            model = load_encoder(folder, self.dtype, self.device)
-            linears = linear_targets(model, self.config.adapters.lora_target_modules)
-            self._shapes = shapes_of(linears)
-            self._layers = wrap_linears(model, linears, self._plan)
-            self.model = model
-            self.hidden_size = int(model.config.hidden_size)
-            progress.step("base model")
-            for name, source in adapters.items():
-                log.info("%s: loading adapter %r from %s", self.config.name, name, source)
-                self.load_adapter(name, str(resolve_source(source, kind="adapter")), pinned=True)
-                progress.step(f"adapter {name}")
+    async def start(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+    def _load(self) -> None:
+        folder = resolve_source(self.config.model_path, kind="model")
+        log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
+        model = load_encoder(folder, self.dtype, self.device)
+        linears = linear_targets(model, self.config.adapters.lora_target_modules)
+        self._layers = wrap_linears(model, linears, self._plan)
+        self.model = model
+        self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
+                                 description=f"{folder} on {self.device} ({self.dtype})")
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self.model = None
 
     # -- adapters --------------------------------------------------------------------------
-    def load_adapter(self, name: str, folder: str, *, pinned: bool = False) -> AdapterInfo:
-        adapter = load_peft_adapter(name, Path(folder), base_shapes=self._shapes,
-                                    max_rank=self.config.adapters.max_lora_rank, dtype=self.dtype, device=self.device)
-        with self._lock:
-            if name in self._slots:
-                raise AdapterError(f"adapter {name!r}: already loaded")
-            if len(self._slots) >= self.settings.max_loras_per_model:
-                raise AdapterError(f"adapter {name!r}: max_loras_per_model ({self.settings.max_loras_per_model}) "
-                                   "adapters are already resident")
-            slot = min(set(range(len(self._slots) + 1)) - set(self._slots.values()))
-            self._slots[name] = slot
-        self._executor.submit(install_adapter, self._layers, slot, adapter).result()
-        info = AdapterInfo(name=name, source=adapter.source, rank=adapter.rank,
-                           target_modules=adapter.target_modules, nbytes=adapter.nbytes, pinned=pinned)
-        with self._lock:
-            self._infos[name] = info
-        return info
+    async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._install, slot, adapter)
 
-    def unload_adapter(self, name: str) -> None:
-        with self._lock:
-            if name not in self._slots:
-                raise AdapterNotLoaded(name)
-            slot = self._slots[name]
-            self._infos.pop(name, None)
-        self._executor.submit(remove_adapter, self._layers, slot).result()
-        with self._lock:
-            del self._slots[name]
+    def _install(self, slot: int, adapter: LoraAdapter) -> None:
+        install_adapter(self._layers, slot, adapter.to(device=self.device, dtype=self.dtype))
+        self._installed.add(slot)
 
-    def adapters(self) -> Mapping[str, AdapterInfo]:
-        with self._lock:
-            return dict(self._infos)
+    async def remove(self, slot: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._remove, slot)
+
+    def _remove(self, slot: int) -> None:
+        self._installed.discard(slot)
+        remove_adapter(self._layers, slot)
 
     # -- inference -------------------------------------------------------------------------
     async def embed(self, batch: TokenBatch) -> np.ndarray:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embed_sync, batch)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_sync, batch)
 
     def embed_sync(self, batch: TokenBatch) -> np.ndarray:
         """Runs on the worker thread. On device out-of-memory the batch is split in halves and retried,
@@ -128,22 +102,16 @@ class TorchBackend(Backend):
             log.warning("%s: out of memory on %d rows; retrying in halves", self.config.name, len(batch.input_ids))
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
-            half = len(batch.input_ids) // 2
-            return np.concatenate([
-                self.embed_sync(TokenBatch(batch.input_ids[:half], batch.adapters[:half])),
-                self.embed_sync(TokenBatch(batch.input_ids[half:], batch.adapters[half:]))])
+            first, second = batch.split(len(batch.input_ids) // 2)
+            return np.concatenate([self.embed_sync(first), self.embed_sync(second)])
 
     @torch.inference_mode()
     def _forward(self, batch: TokenBatch) -> np.ndarray:
         """Group rows by adapter slot, one forward, pool, restore order."""
-        slots = []
-        for adapter in batch.adapters:
-            if adapter is None:
-                slots.append(-1)
-            elif adapter in self._infos:
-                slots.append(self._slots[adapter])
-            else:
-                raise AdapterNotLoaded(adapter)
+        slots = [-1 if slot is None else slot for slot in batch.slots]
+        missing = {slot for slot in slots if slot >= 0} - self._installed
+        if missing:
+            raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
         order = sorted(range(len(slots)), key=slots.__getitem__)
         lengths = [len(batch.input_ids[i]) for i in order]
         ids = np.zeros((len(order), max(lengths)), dtype=np.int64)

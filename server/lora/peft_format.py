@@ -60,6 +60,12 @@ class LoraAdapter:
         return sum(m.a.numel() * m.a.element_size() + m.b.numel() * m.b.element_size()
                    for m in self.modules.values())
 
+    def to(self, *, device: str | torch.device, dtype: torch.dtype) -> LoraAdapter:
+        """The same adapter with its weights on `device` in `dtype` (where the backend computes)."""
+        modules = {path: LoraModule(m.a.to(device=device, dtype=dtype), m.b.to(device=device, dtype=dtype),
+                                    m.scaling) for path, m in self.modules.items()}
+        return LoraAdapter(name=self.name, source=self.source, modules=modules)
+
 
 def _fail(name: str, reason: str) -> AdapterError:
     return AdapterError(f"adapter {name!r}: {reason}")

@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from server.config import (ConfigError, EngineConfig, ModelConfig, adapters_on_demand, load_engine_config,
+from server.config import (ConfigError, ModelConfig, ServerSettings, adapters_on_demand, load_server_settings,
                            load_model_config)
 
 
 @dataclass(frozen=True)
 class ScaleoutSpec:
     models: tuple[ModelConfig, ...]
-    settings: EngineConfig
+    settings: ServerSettings
     replicas: int = 2
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
@@ -54,7 +54,7 @@ def spec_from_builder_args(args: Mapping[str, Any]) -> ScaleoutSpec:
     configs = [configs] if isinstance(configs, str) else list(configs or [])
     if not configs:
         raise ConfigError("scale-out args: 'configs' must name at least one model YAML")
-    settings = load_engine_config(args.get("engine_config"), overrides=dict(args.get("engine") or {}))
+    settings = load_server_settings(args.get("engine_config"), overrides=dict(args.get("engine") or {}))
     casts = {"replicas": int, "replica_cpus": float, "replica_gpus": float, "max_ongoing_requests": int,
              "metrics_port": int, "metrics_host": str, "backend": str}
     shape = {key: casts[key](args[key]) for key in SHAPE_KEYS if args.get(key) is not None}

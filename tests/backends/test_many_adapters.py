@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
-from server.backends.base import TokenBatch
 from server.lora.mixed_linear import BMM_MIN_SEGMENTS
+from tests.conftest import token_batch
 
 COUNT = BMM_MIN_SEGMENTS + 4
 
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory, demo_config, demo_dirs):
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig
     from server.demo_assets import ALL_LINEARS, ATTENTION, build_adapter
+    from tests.conftest import loaded_model
 
     root = tmp_path_factory.mktemp("many")
     paths = {}
@@ -29,20 +30,19 @@ def many(tmp_path_factory, demo_config, demo_dirs):
                       rank=4 if i % 2 else 8)
     config = dataclasses.replace(demo_config, profiles={}, adapters=dataclasses.replace(
         demo_config.adapters, lora_paths={n: str(p) for n, p in paths.items()}, max_loras_per_batch=COUNT + 1))
-    backend = TorchBackend(config, EngineConfig(max_loras_per_model=COUNT), "cpu")
-    backend.start()
-    yield backend, paths
-    backend.close()
+    model = loaded_model(config, max_loras_per_model=COUNT)
+    yield model, paths
+    asyncio.run(model.backend.close())
 
 
 def test_gathered_path_equals_single_rows(many):
-    backend, paths = many
+    model, paths = many
     names = list(paths)
     rows = [[100 + i, 200 + (i * 7) % 50, 300, 151643][: 2 + i % 3] + [151643] for i in range(COUNT + 3)]
     adapters = [names[i % COUNT] if i < COUNT else None for i in range(len(rows))]
-    mixed = backend.embed_sync(TokenBatch(rows, adapters))
+    mixed = model.backend.embed_sync(token_batch(model, rows, adapters))
     for i, (ids, adapter) in enumerate(zip(rows, adapters)):
-        alone = backend.embed_sync(TokenBatch([ids], [adapter]))[0]
+        alone = model.backend.embed_sync(token_batch(model, [ids], [adapter]))[0]
         assert np.abs(mixed[i] - alone).max() <= 1e-5 * max(1.0, np.abs(alone).max()), (i, adapter)
 
 
@@ -50,9 +50,9 @@ def test_gathered_path_matches_peft(many, demo_dirs):
     from peft import PeftModel
     from transformers import AutoModel
 
-    backend, paths = many
+    model, paths = many
     rows = [[100 + i, 42, 7, 151643] for i in range(COUNT)]
-    mixed = backend.embed_sync(TokenBatch(rows, list(paths)))
+    mixed = model.backend.embed_sync(token_batch(model, rows, list(paths)))
     for i in (0, 1, 2, 3):
         base = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32)
         model = PeftModel.from_pretrained(base, paths[f"a{i}"]).eval()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
 
-from server.backends.base import AdapterNotLoaded, TokenBatch
+from server import errors
+from server.backends.base import TokenBatch
 
 TEXTS = [
     "What is the statute of limitations for breach of contract?",
@@ -35,33 +38,33 @@ def unit(v: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
-def test_each_adapter_matches_peft(torch_backend, peft_reference, token_rows, adapter):
-    ours = unit(torch_backend.embed_sync(TokenBatch(token_rows, [adapter] * len(token_rows))))
+def test_each_adapter_matches_peft(embed_rows, peft_reference, token_rows, adapter):
+    ours = unit(embed_rows(token_rows, [adapter] * len(token_rows)))
     for row, ids in enumerate(token_rows):
         reference = unit(peft_reference(ids, adapter))
         assert np.abs(ours[row] - reference).max() <= 1e-5, (adapter, row)
 
 
-def test_adapters_change_the_vector(torch_backend, token_rows):
+def test_adapters_change_the_vector(embed_rows, token_rows):
     ids = token_rows[:1]
-    vectors = {a: unit(torch_backend.embed_sync(TokenBatch(ids, [a])))[0] for a in ADAPTERS}
+    vectors = {a: unit(embed_rows(ids, [a]))[0] for a in ADAPTERS}
     for a in ADAPTERS[1:]:
         assert np.abs(vectors[a] - vectors[None]).max() > 1e-2, a
 
 
-def test_mixed_batch_equals_one_at_a_time(torch_backend, token_rows):
+def test_mixed_batch_equals_one_at_a_time(embed_rows, token_rows):
     rows, adapters = [], []
     for i, ids in enumerate(token_rows):
         for j, adapter in enumerate(ADAPTERS):
             rows.append(ids)
             adapters.append(ADAPTERS[(i + j) % len(ADAPTERS)])
-    mixed = unit(torch_backend.embed_sync(TokenBatch(rows, adapters)))
+    mixed = unit(embed_rows(rows, adapters))
     for k, (ids, adapter) in enumerate(zip(rows, adapters)):
-        alone = unit(torch_backend.embed_sync(TokenBatch([ids], [adapter])))[0]
+        alone = unit(embed_rows([ids], [adapter]))[0]
         assert np.abs(mixed[k] - alone).max() <= 1e-5, (k, adapter)
 
 
-def test_mixed_batch_matches_peft_mixed_batch(torch_backend, peft_reference, token_rows):
+def test_mixed_batch_matches_peft_mixed_batch(embed_rows, peft_reference, token_rows):
     """PEFT's own mixed batch (`adapter_names=`) is an independent reference for the mixed path."""
     length = min(len(ids) for ids in token_rows)
     rows = [ids[:length - 1] + [ids[-1]] for ids in token_rows[:4]]  # equal lengths: PEFT needs no padding
@@ -69,21 +72,23 @@ def test_mixed_batch_matches_peft_mixed_batch(torch_backend, peft_reference, tok
     with torch.no_grad():
         hidden = peft_reference.model(input_ids=torch.tensor(rows), adapter_names=names).last_hidden_state
     reference = unit(hidden[:, -1].numpy())
-    ours = unit(torch_backend.embed_sync(TokenBatch(rows, [None if n == "__base__" else n for n in names])))
+    ours = unit(embed_rows(rows, [None if n == "__base__" else n for n in names]))
     assert np.abs(ours - reference).max() <= 1e-5
 
 
-def test_unknown_adapter_is_refused(torch_backend, token_rows):
-    with pytest.raises(AdapterNotLoaded):
-        torch_backend.embed_sync(TokenBatch(token_rows[:1], ["nope"]))
+def test_empty_slot_is_refused(torch_backend, token_rows):
+    """The registry never hands out an empty slot; a backend that got one anyway refuses the batch."""
+    with pytest.raises(errors.AdapterNotResident):
+        torch_backend.embed_sync(TokenBatch(token_rows[:1], [7]))
 
 
-def test_resident_adapters_are_reported(torch_backend):
-    infos = torch_backend.adapters()
-    assert set(infos) == {"legal", "medical", "finance"}
-    assert infos["finance"].target_modules == ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj",
-                                               "v_proj")
-    assert all(info.rank == 8 and info.pinned for info in infos.values())
+def test_resident_adapters_are_reported(demo_model):
+    entries = demo_model.adapters.entries
+    assert set(entries) == {"legal", "medical", "finance"}
+    assert entries["finance"].info.target_modules == ("down_proj", "gate_proj", "k_proj", "o_proj", "q_proj",
+                                                      "up_proj", "v_proj")
+    assert all(entry.info.rank == 8 and entry.pinned for entry in entries.values())
+    assert sorted(entry.slot for entry in entries.values()) == [0, 1, 2]
 
 
 @pytest.mark.parametrize("pooling", ["mean", "cls"])
@@ -92,17 +97,15 @@ def test_other_poolings_match_hf(demo_config, demo_dirs, token_rows, pooling):
 
     from transformers import AutoModel
 
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig
+    from tests.conftest import loaded_model
 
     config = dataclasses.replace(demo_config, pooling=pooling, profiles={}, adapters=dataclasses.replace(
         demo_config.adapters, lora_paths={}))
-    backend = TorchBackend(config, EngineConfig(), "cpu")
-    backend.start()
+    backend = loaded_model(config).backend
     try:
         ours = backend.embed_sync(TokenBatch(token_rows, [None] * len(token_rows)))
     finally:
-        backend.close()
+        asyncio.run(backend.close())
     model = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32).eval()
     for row, ids in enumerate(token_rows):
         with torch.no_grad():

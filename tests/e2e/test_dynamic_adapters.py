@@ -19,7 +19,7 @@ from sie_sdk import SIEClient
 from sie_sdk.client.errors import RequestError
 from sie_sdk.types import Item
 
-from server.config import EngineConfig
+from server.config import ServerSettings
 from tests.conftest import DEMO_MODEL, LiveServer, build_app, make_gated_backend, poll_while_loading
 
 JSON = {"Accept": "application/json"}
@@ -61,9 +61,9 @@ def dynamic_config(demo_config, root, **changes):
 
 @pytest.fixture(scope="module")
 def dynamic_server(demo_config, adapter_root):
-    app, engine = build_app(dynamic_config(demo_config, adapter_root))
+    app, served = build_app(dynamic_config(demo_config, adapter_root))
     with LiveServer(app) as live:
-        live.engine = engine
+        live.served = served
         yield live
 
 
@@ -125,10 +125,10 @@ def test_sdk_retry_loop_ends_in_vector_and_in_clear_error(dynamic_server):
 def test_failed_loads_are_remembered_with_cause(dynamic_server, lora_id, cause):
     response = until_settled(dynamic_server.url, lora_id)
     assert response.status_code == 400 and cause in response.json()["detail"]["message"]
-    loads = dynamic_server.engine.adapters.counters["loads"]
+    loads = dynamic_server.served.adapters.counters["loads"]
     again = post(dynamic_server.url, lora_id)  # answered from memory: no new load, no LORA_LOADING loop
     assert again.status_code == 400 and cause in again.json()["detail"]["message"]
-    assert dynamic_server.engine.adapters.counters["loads"] == loads
+    assert dynamic_server.served.adapters.counters["loads"] == loads
 
 
 @pytest.mark.parametrize("lora_id, message", [
@@ -151,7 +151,7 @@ def test_allowed_hub_id_that_cannot_be_fetched_fails_cleanly(dynamic_server):
 
 
 def test_burst_of_first_requests_causes_one_load(demo_config, adapter_root):
-    app, engine = build_app(dynamic_config(demo_config, adapter_root))
+    app, served = build_app(dynamic_config(demo_config, adapter_root))
 
     async def burst(url):
         async with httpx.AsyncClient(base_url=url, headers=JSON, timeout=60) as client:
@@ -162,7 +162,7 @@ def test_burst_of_first_requests_causes_one_load(demo_config, adapter_root):
         responses = asyncio.run(burst(live.url))
         assert {r.status_code for r in responses} <= {200, 503}
         assert until_settled(live.url, "travel").status_code == 200
-        assert engine.adapters.counters["loads"] == 1
+        assert served.adapters.counters["loads"] == 1
 
 
 def test_hot_load_does_not_stall_other_traffic(dynamic_server):
@@ -191,9 +191,9 @@ def test_hot_load_does_not_stall_other_traffic(dynamic_server):
 
 def test_eviction_never_takes_an_adapter_with_queued_rows(demo_config, adapter_root, demo_dirs):
     config = dynamic_config(demo_config, adapter_root)
-    settings = EngineConfig(max_loras_per_model=4)  # 3 pinned preloaded + room for one dynamic adapter
+    settings = ServerSettings(max_loras_per_model=4)  # 3 pinned preloaded + room for one dynamic adapter
     backend = make_gated_backend()(config, settings, "cpu")
-    app, engine = build_app(config, backend=backend, max_loras_per_model=4)
+    app, served = build_app(config, backend=backend, max_loras_per_model=4)
     retail_reference = peft_vector(demo_dirs["model"], adapter_root / "retail", TEXT)
     with LiveServer(app) as live:
         assert until_settled(live.url, "retail").status_code == 200
@@ -204,20 +204,20 @@ def test_eviction_never_takes_an_adapter_with_queued_rows(demo_config, adapter_r
         assert backend.entered.wait(10)
         assert post(live.url, "travel").status_code == 503  # needs retail's slot; retail is busy
         time.sleep(0.3)
-        assert engine.adapters.entries["retail"].state == "ready"  # not evicted under its queued row
+        assert served.adapters.entries["retail"].state == "ready"  # not evicted under its queued row
         backend.hold.clear()
         holder.join(30)
         assert np.abs(vector(queued["response"]) - retail_reference).max() <= 1e-5
         assert until_settled(live.url, "travel").status_code == 200
-        assert "retail" not in engine.adapters.entries and engine.adapters.counters["evictions"] == 1
-        assert set(backend.adapters()) == {"legal", "medical", "finance", "travel"}
+        assert "retail" not in served.adapters.entries and served.adapters.counters["evictions"] == 1
+        assert set(served.adapters.names()) == {"legal", "medical", "finance", "travel"}
         again = until_settled(live.url, "retail")  # evicted adapters reload on next use
         assert np.abs(vector(again) - retail_reference).max() <= 1e-5
         assert backend.loads.count("retail") == 2
 
 
 def test_admin_api(demo_config, adapter_root):
-    app, engine = build_app(dynamic_config(demo_config, adapter_root), api_keys=("key",))
+    app, served = build_app(dynamic_config(demo_config, adapter_root), api_keys=("key",))
     auth = {"Authorization": "Bearer key"}
     with LiveServer(app) as live:
         with httpx.Client(base_url=live.url, timeout=60) as client:
@@ -242,4 +242,4 @@ def test_admin_api(demo_config, adapter_root):
             gone = client.post(ENCODE, json=body, headers={**auth, **JSON})
             assert gone.status_code == 400 and "unknown lora_id 'shop'" in gone.text
             assert client.delete(f"{LORAS}/shop", headers=auth).status_code == 404
-            assert "shop" not in engine.backend.adapters()
+            assert "shop" not in served.adapters.entries

@@ -208,20 +208,20 @@ class SlowStartBackend(TorchBackend):
 
     release = threading.Event()
 
-    def start(self):
-        self.release.wait(30)
-        super().start()
+    async def start(self):
+        await asyncio.to_thread(self.release.wait, 30)
+        await super().start()
 
 
 def test_model_loading_then_ready(demo_config):
     config = no_adapters(demo_config)
     from server.api.app import create_app
-    from server.config import EngineConfig
-    from server.engine import ModelEngine
+    from server.config import ServerSettings
+    from server.local_model import LocalModel
 
-    settings = EngineConfig()
-    engine = ModelEngine(config, settings, SlowStartBackend(config, settings, "cpu"))
-    with LiveServer(create_app({config.name: engine}, settings)) as live:
+    settings = ServerSettings()
+    served = LocalModel(config, settings, SlowStartBackend(config, settings, "cpu"))
+    with LiveServer(create_app({config.name: served}, settings)) as live:
         response = encode_json(live.url, {"items": [{"text": "a"}]})
         assert_error(response, 503, "MODEL_LOADING")
         assert response.headers["Retry-After"] == "5"
@@ -233,7 +233,7 @@ def test_model_loading_then_ready(demo_config):
 
 def test_model_load_failed(demo_config, tmp_path):
     config = dataclasses.replace(no_adapters(demo_config), model_path=str(tmp_path / "missing-model"))
-    app, engine = build_app(config)
+    app, served = build_app(config)
     with LiveServer(app) as live:
         response = encode_json(live.url, {"items": [{"text": "a"}]})
         assert_error(response, 502, "MODEL_LOAD_FAILED", "missing-model")
@@ -244,11 +244,11 @@ def test_model_load_failed(demo_config, tmp_path):
 
 def test_queue_full(demo_config):
     config = no_adapters(demo_config)
-    from server.config import EngineConfig
+    from server.config import ServerSettings
 
-    backend = make_gated_backend()(config, EngineConfig(), "cpu")
+    backend = make_gated_backend()(config, ServerSettings(), "cpu")
     backend.hold.set()
-    app, engine = build_app(config, backend=backend, max_queue_items=4, max_items_per_request=4,
+    app, served = build_app(config, backend=backend, max_queue_items=4, max_items_per_request=4,
                             max_batch_tokens=8)
 
     async def scenario(url):
@@ -257,7 +257,7 @@ def test_queue_full(demo_config):
             while not backend.entered.is_set():
                 await asyncio.sleep(0.01)  # the first row is in the (blocked) forward now
             held = asyncio.create_task(client.post(ENCODE, json={"items": [{"text": "a"}] * 4}))
-            while engine.batcher.queue_depth < 4:
+            while served.batcher.queue_depth < 4:
                 await asyncio.sleep(0.01)
             refused = await client.post(ENCODE, json={"items": [{"text": "b"}]})
             backend.hold.clear()

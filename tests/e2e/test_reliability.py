@@ -30,9 +30,9 @@ MSGPACK = "application/msgpack"
 
 @pytest.fixture(scope="module")
 def server(demo_config, demo_dirs):
-    app, engine = build_app(demo_config)
+    app, served = build_app(demo_config)
     with LiveServer(app) as live:
-        live.engine = engine
+        live.served = served
         yield live
 
 
@@ -77,22 +77,22 @@ BAD_SIE = [
 @pytest.mark.parametrize("content_type", [JSON, MSGPACK])
 @pytest.mark.parametrize("body, model, status, code", BAD_SIE)
 def test_bad_input_never_reaches_the_backend(server, content_type, body, model, status, code):
-    before = server.engine.batcher.batches_run
+    before = server.served.batcher.batches_run
     raw = (b"{oops" if content_type == JSON else b"\xc1") if body == "malformed" else body
     response = send(server.url, raw, content_type, path=f"/v1/encode/{model}" if model else ENCODE)
     assert response.status_code == status, response.text
     assert response.json()["detail"]["code"] == code
-    assert server.engine.batcher.batches_run == before
+    assert server.served.batcher.batches_run == before
     if isinstance(body, dict) and len(body.get("items", [])) == 10_000:
         assert "limit of 2048 items" in response.json()["detail"]["message"]
 
 
 def test_invalid_utf8(server):
-    before = server.engine.batcher.batches_run
+    before = server.served.batcher.batches_run
     assert send(server.url, b'{"items": [{"text": "\xff\xfe"}]}', JSON).status_code == 400
     bad_str = b"\x81\xa5items\x91\x81\xa4text\xa2\xff\xfe"  # msgpack {"items": [{"text": <invalid utf-8>}]}
     assert send(server.url, bad_str, MSGPACK).status_code == 400
-    assert server.engine.batcher.batches_run == before
+    assert server.served.batcher.batches_run == before
 
 
 def test_whitespace_and_huge_text(server):
@@ -112,12 +112,12 @@ BAD_OPENAI = [
 
 @pytest.mark.parametrize("body, status", BAD_OPENAI)
 def test_bad_openai_input(server, body, status):
-    before = server.engine.batcher.batches_run
+    before = server.served.batcher.batches_run
     response = send(server.url, body, JSON, path="/v1/embeddings")
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["message"] and error["type"] == "invalid_request_error" and error["code"]
-    assert server.engine.batcher.batches_run == before
+    assert server.served.batcher.batches_run == before
 
 
 def test_oversized_body_refused_before_it_is_read(server):
@@ -135,13 +135,13 @@ def plain_config(demo_config):
 
 @pytest.fixture
 def gated(demo_config):
-    from server.config import EngineConfig
+    from server.config import ServerSettings
 
     config = plain_config(demo_config)
-    backend = make_gated_backend()(config, EngineConfig(), "cpu")
-    app, engine = build_app(config, backend=backend)
+    backend = make_gated_backend()(config, ServerSettings(), "cpu")
+    app, served = build_app(config, backend=backend)
     with LiveServer(app) as live:
-        live.backend, live.engine = backend, engine
+        live.backend, live.served = backend, served
         yield live
 
 
@@ -156,12 +156,12 @@ def test_disconnected_clients_rows_are_dropped(gated):
         sock.sendall(f"POST {ENCODE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         deadline = time.monotonic() + 10
-        while gated.engine.batcher.queue_depth == 0 and time.monotonic() < deadline:
+        while gated.served.batcher.queue_depth == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
     deadline = time.monotonic() + 10  # the server notices the closed connection and cancels the request
-    while gated.engine.batcher.queue_depth and time.monotonic() < deadline:
+    while gated.served.batcher.queue_depth and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert gated.engine.batcher.queue_depth == 0
+    assert gated.served.batcher.queue_depth == 0
     gated.backend.hold.clear()
     first.join(30)
     assert send(gated.url, {"items": [{"text": "after"}]}, JSON).status_code == 200
@@ -181,14 +181,14 @@ def test_failing_forward_fails_only_its_batch(gated):
     assert httpx.get(gated.url + "/readyz").status_code == 200
 
 
-def test_out_of_memory_splits_the_batch(demo_config, torch_backend):
+def test_out_of_memory_splits_the_batch(demo_model, torch_backend):
     """OOM cannot be provoked on a CPU on purpose; `_forward` is wrapped to raise torch's own
     OutOfMemoryError above 2 rows, and the split results must equal the unsplit ones."""
-    from server.backends.base import TokenBatch
+    from tests.conftest import token_batch
 
     rows = [[100 + i, 200, 151643] for i in range(7)]
     adapters = [None, "legal", "medical", "finance", "legal", None, "finance"]
-    expected = torch_backend.embed_sync(TokenBatch(rows, adapters))
+    expected = torch_backend.embed_sync(token_batch(demo_model, rows, adapters))
     real_forward, calls = torch_backend._forward, []
 
     def limited(batch):
@@ -199,7 +199,7 @@ def test_out_of_memory_splits_the_batch(demo_config, torch_backend):
 
     torch_backend._forward = limited
     try:
-        result = torch_backend.embed_sync(TokenBatch(rows, adapters))
+        result = torch_backend.embed_sync(token_batch(demo_model, rows, adapters))
     finally:
         del torch_backend._forward
     assert calls[0] == 7 and max(c for c in calls if c <= 2) == 2

@@ -60,26 +60,23 @@ def reference(demo_config, demo_dirs):
 
     from transformers import AutoTokenizer
 
-    from server.backends.base import TokenBatch
-    from server.backends.torch_backend import TorchBackend
-    from server.config import EngineConfig
     from server.demo_assets import ensure_builtin
     from server.tokenization import TextTokenizer
+    from tests.conftest import loaded_model, token_batch
 
     dynamic = ensure_builtin("builtin:qwen3-tiny/dynamic")
     paths = {**demo_config.adapters.lora_paths, "retail": str(dynamic / "retail")}
     config = dataclasses.replace(demo_config, adapters=dataclasses.replace(demo_config.adapters, lora_paths=paths))
-    backend = TorchBackend(config, EngineConfig(), "cpu")
-    backend.start()
+    model = loaded_model(config)
     tokenizer = TextTokenizer(AutoTokenizer.from_pretrained(demo_dirs["model"]), max_seq_len=512,
                               query_template="{text}", default_instruction=None)
     ids = tokenizer.tokenize(TEXTS).input_ids
     table = {}
     for adapter in [*ADAPTERS, "retail"]:
-        vectors = backend.embed_sync(TokenBatch(ids, [adapter] * len(ids)))
+        vectors = model.backend.embed_sync(token_batch(model, ids, [adapter] * len(ids)))
         for text, vector in zip(TEXTS, vectors):
             table[(text, adapter)] = vector / np.linalg.norm(vector)
-    backend.close()
+    asyncio.run(model.backend.close())
     return table
 
 

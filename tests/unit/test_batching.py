@@ -13,7 +13,8 @@ import pytest
 
 from server.backends.base import TokenBatch
 from server.batching import Batcher, BatchLimits, plan_batch
-from server.errors import ApiError
+from server import errors
+from server.api.errors import from_domain
 
 
 def test_head_always_included_even_when_over_budget():
@@ -47,7 +48,7 @@ class Recorder:
     async def __call__(self, batch: TokenBatch) -> np.ndarray:
         await self.gate.wait()
         self.batches.append(batch)
-        if self.fail_on is not None and self.fail_on in batch.adapters:
+        if self.fail_on is not None and self.fail_on in batch.slots:
             raise RuntimeError("boom")
         return np.array([[float(ids[0])] for ids in batch.input_ids], dtype=np.float32)
 
@@ -76,9 +77,9 @@ def test_rows_from_many_requests_share_batches_within_limits():
 
     recorder, results = run(scenario())
     assert [r.vector[0] for r in results] == [0, 1, 2, 3, 4, 5]  # every row gets its own answer
-    assert all(len(set(b.adapters)) <= 2 for b in recorder.batches)
-    assert recorder.batches[0].adapters == ["a", "b", "a", "b"]  # oldest first, others wait
-    assert sum(len(b.adapters) for b in recorder.batches) == 6
+    assert all(len(set(b.slots)) <= 2 for b in recorder.batches)
+    assert recorder.batches[0].slots == ["a", "b", "a", "b"]  # oldest first, others wait
+    assert sum(len(b.slots) for b in recorder.batches) == 6
 
 
 def test_queue_limit_refuses_whole_request():
@@ -88,12 +89,12 @@ def test_queue_limit_refuses_whole_request():
         batcher = Batcher(recorder, limits(max_queue_items=3))
         batcher.start()
         first = batcher.submit([[1], [2]], None)
-        with pytest.raises(ApiError) as info:
+        with pytest.raises(errors.QueueFull) as info:
             batcher.submit([[3], [4]], None)
         recorder.gate.set()
         await asyncio.gather(*first)
         await batcher.stop()
-        return info.value
+        return from_domain(info.value)  # as the API answers it
 
     error = run(scenario())
     assert error.status == 503 and error.code == "QUEUE_FULL" and error.headers["Retry-After"] == "1"
@@ -147,4 +148,4 @@ def test_stop_fails_waiting_rows_with_503():
         return await asyncio.gather(*waiting, return_exceptions=True)
 
     (error,) = run(scenario())
-    assert isinstance(error, ApiError) and error.status == 503
+    assert isinstance(error, errors.ShuttingDown) and from_domain(error).status == 503

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, load_engine_config, load_model_config
+from server.config import ConfigError, load_server_settings, load_model_config
 
 BASE = """
 name: org/model
@@ -78,17 +78,17 @@ def test_missing_file_is_named(tmp_path):
 def test_engine_precedence_defaults_yaml_env_cli(tmp_path):
     path = write(tmp_path, "max_batch_tokens: 111\nmax_loras_per_model: 3\nmax_batch_wait_ms: 7\n", "engine.yaml")
     env = {"SIE_MAX_LORAS_PER_MODEL": "4", "SIE_MAX_BATCH_WAIT_MS": "9", "SIE_API_KEYS": "k1, k2"}
-    config = load_engine_config(path, env=env, overrides={"max_batch_wait_ms": "1.5", "max_queue_items": None})
+    config = load_server_settings(path, env=env, overrides={"max_batch_wait_ms": "1.5", "max_queue_items": None})
     assert config.max_batch_tokens == 111  # yaml over default
     assert config.max_loras_per_model == 4  # env over yaml
     assert config.max_batch_wait_ms == 1.5  # CLI over env
     assert config.max_queue_items == 8192  # default
     assert config.api_keys == ("k1", "k2")
-    assert load_engine_config(env={}).max_loras_per_model == 10
+    assert load_server_settings(env={}).max_loras_per_model == 10
 
 
 def test_engine_unknown_key_and_bad_value(tmp_path):
     with pytest.raises(ConfigError, match="'max_batch_tokenz'"):
-        load_engine_config(write(tmp_path, "max_batch_tokenz: 1\n", "engine.yaml"), env={})
+        load_server_settings(write(tmp_path, "max_batch_tokenz: 1\n", "engine.yaml"), env={})
     with pytest.raises(ConfigError, match="SIE_MAX_BATCH_TOKENS"):
-        load_engine_config(env={"SIE_MAX_BATCH_TOKENS": "lots"})
+        load_server_settings(env={"SIE_MAX_BATCH_TOKENS": "lots"})

@@ -1,11 +1,28 @@
-"""Option resolution: profile first, request options override, params.instruction wins."""
+"""Option parsing and resolution as both APIs run them: the edge's one pydantic model (`OptionsIn`)
+into the core's typed options, then profile first, request options override, params.instruction wins."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.errors import ApiError
-from server.options import check_dims, resolve_options
+from server import errors
+from server.api.errors import ApiError, from_domain
+from server.api.schemas import OptionsIn, ParamsIn, validate
+from server.options import check_dims
+from server.options import resolve_options as resolve
+
+
+def resolve_options(config, *, options=None, instruction=None, output_types=None, output_dtype=None):
+    """The SIE route's path from `params` to resolved options; errors as the API answers them."""
+    params = {"options": options, "instruction": instruction, "output_types": output_types,
+              "output_dtype": output_dtype}
+    parsed = validate(ParamsIn, {k: v for k, v in params.items() if v is not None})
+    try:
+        requested = (parsed.options or OptionsIn()).requested(
+            instruction=parsed.instruction, output_types=parsed.output_types, output_dtype=parsed.output_dtype)
+        return resolve(config, requested)
+    except errors.ServingError as exc:
+        raise from_domain(exc) from None
 
 
 def test_defaults(demo_config):
@@ -47,5 +64,5 @@ def test_dims_range():
     check_dims(None, 64, 32)
     check_dims(32, 64, 32)
     for bad in (31, 65, 0):
-        with pytest.raises(ApiError, match="out of range; this model allows 32..64"):
+        with pytest.raises(errors.InvalidInput, match="out of range; this model allows 32..64"):
             check_dims(bad, 64, 32)

@@ -45,10 +45,10 @@ def test_launcher_keeps_the_default_proxy_and_an_absolute_cache():
 
 
 def test_base_server_never_imports_ray():
-    code = ("import sys, server.cli, server.api.app, server.engine, server.backends.torch_backend, "
+    code = ("import sys, server.cli, server.api.app, server.local_model, server.build, server.backends.torch_backend, "
             "server.scaleout.spec, server.scaleout.launcher\n"
-            "from server.config import EngineConfig, load_model_config\n"
+            "from server.config import ServerSettings, load_model_config\n"
             "from server.api.app import create_app\n"
-            "create_app({}, EngineConfig())\n"
+            "create_app({}, ServerSettings())\n"
             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'ray imported'\n")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=120)

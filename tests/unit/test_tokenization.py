@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from server.errors import ApiError
+from server import errors
+from server.api.errors import from_domain
 from server.tokenization import TextTokenizer
 
 EOS = 151643
@@ -41,9 +42,10 @@ def test_backend_limit_tightens_truncation(tokenizer):
 
 
 def test_overflow_error_policy(tokenizer):
-    with pytest.raises(ApiError) as info:
+    with pytest.raises(errors.InputTooLong) as info:
         tokenizer.tokenize(["a b c d e f g h i j k l"], overflow="error")
-    assert info.value.status == 400 and info.value.code == "INPUT_TOO_LONG"
+    answer = from_domain(info.value)  # as the API answers it
+    assert answer.status == 400 and answer.code == "INPUT_TOO_LONG"
 
 
 def test_query_template_and_instruction(tokenizer):

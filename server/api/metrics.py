@@ -1,7 +1,7 @@
 """Prometheus metrics (prometheus-client), one registry per app: request, batch and adapter series.
 
 Request and batch series are recorded as they happen; queue depth and adapter residency are read
-from the engines at scrape time, so there is no second copy of that state to drift.
+from the served models at scrape time, so there is no second copy of that state to drift.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server import errors
+from server.api.errors import ApiError, from_domain
 from server.served_model import ModelStats, ServedModel
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -33,11 +34,11 @@ class RequestTrack:
     inference_s: float | None = None
 
 
-class EngineCollector:
-    """Reads live model state (`ServedModel.stats()`) at scrape time."""
+class ModelCollector:
+    """Reads live model state (`ServedModel.status().stats`) at scrape time."""
 
-    def __init__(self, engines: Mapping[str, ServedModel]):
-        self.engines = engines
+    def __init__(self, models: Mapping[str, ServedModel]):
+        self.models = models
 
     def collect(self):
         depth = GaugeMetricFamily("sie_queue_depth", "Rows waiting for a batch", labels=["model"])
@@ -45,7 +46,7 @@ class EngineCollector:
         loads = CounterMetricFamily("sie_adapter_loads", "Adapter loads started", labels=["model"])
         failures = CounterMetricFamily("sie_adapter_load_failures", "Adapter loads that failed", labels=["model"])
         evictions = CounterMetricFamily("sie_adapter_evictions", "Adapters evicted (LRU)", labels=["model"])
-        stats = {name: s for name, engine in self.engines.items() if (s := engine.stats()) is not None}
+        stats = {name: s for name, model in self.models.items() if (s := model.status().stats) is not None}
         for name, s in stats.items():
             depth.add_metric([name], s.queue_depth)
             resident.add_metric([name], len(s.resident_adapters))
@@ -77,8 +78,8 @@ def gateway_families(stats: Mapping[str, ModelStats]):
 
 
 class Metrics:
-    def __init__(self, engines: Mapping[str, ServedModel], *, replica: str | None = None):
-        self.engines = engines
+    def __init__(self, models: Mapping[str, ServedModel], *, replica: str | None = None):
+        self.models = models
         self.registry = CollectorRegistry()
         r = self.registry
         if replica:  # which scrape target this is (matches X-Replica-ID)
@@ -100,14 +101,14 @@ class Metrics:
                                       buckets=TOKEN_BUCKETS, registry=r)
         self.batch_adapters = Histogram("sie_batch_adapters", "Distinct adapters (base counts) per forward batch",
                                         ["model"], buckets=SIZE_BUCKETS, registry=r)
-        r.register(EngineCollector(engines))
+        r.register(ModelCollector(models))
 
     def adapter_label(self, model: str, adapter: str | None) -> str:
         """Known adapters by name; anything else collapses to one label (client input has no cardinality)."""
         if adapter is None:
             return BASE
-        engine = self.engines.get(model)
-        return adapter if engine is not None and engine.has_adapter(adapter) else "other"
+        served = self.models.get(model)
+        return adapter if served is not None and served.adapters.known(adapter) else "other"
 
     def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
         def observe(rows: int, padded_tokens: int, adapters: int) -> None:
@@ -118,18 +119,21 @@ class Metrics:
 
     @contextmanager
     def track(self, api: str, model: str = "other") -> Iterator[RequestTrack]:
-        """Records one request: status from the raised ApiError (500 for anything else)."""
+        """Records one request: status from the raised error as the API answers it (500 for anything else)."""
         track, started, status = RequestTrack(model=model), time.perf_counter(), 200
         try:
             yield track
-        except errors.ApiError as exc:
+        except ApiError as exc:
             status = exc.status
+            raise
+        except errors.ServingError as exc:
+            status = from_domain(exc).status
             raise
         except BaseException:
             status = 500
             raise
         finally:
-            model_label = track.model if track.model in self.engines else "other"
+            model_label = track.model if track.model in self.models else "other"
             adapter = self.adapter_label(track.model, track.adapter)
             self.requests.labels(api, model_label, adapter, str(status)).inc()
             self.latency.labels(api, model_label).observe(time.perf_counter() - started)

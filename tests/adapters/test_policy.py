@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from server.lora.policy import DynamicSources, SourceRefused
+from server.adapters.policy import DynamicSources, SourceRefused
 
 
 @pytest.fixture

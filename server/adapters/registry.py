@@ -1,0 +1,242 @@
+"""The adapter registry of one model: the only place that knows adapter names. It assigns backend
+slots, enforces `max_loras_per_model`, reads each adapter once (preloaded at start, dynamic in the
+background), hands out leases, and evicts the least recently used idle adapter when full.
+
+All state changes happen on the event loop, so "is it resident?" and "take a lease" are one atomic
+step: a request holds a lease from admission until its rows are answered, and an adapter with
+leases is never evicted or unloaded under them. Loads run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable, Mapping
+
+from server import errors
+from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState, Lease
+from server.adapters.policy import DynamicSources, SourceRefused
+from server.backends.base import Backend
+from server.config import ConfigError
+from server.lora.peft_format import load_peft_adapter
+from server.sources import resolve_source
+
+log = logging.getLogger(__name__)
+ROOM_WAIT_S = 30.0
+
+
+class AdapterRegistry:
+    def __init__(self, model: str, backend: Backend, *, capacity: int, max_rank: int, failure_ttl_s: float):
+        self.model = model
+        self.backend = backend
+        self.capacity = capacity  # max_loras_per_model: resident adapters, and so backend slots
+        self.max_rank = max_rank
+        self.failure_ttl_s = failure_ttl_s
+        self.sources = DynamicSources()
+        self.catalog: Mapping[str, str] = {}  # configured adapters loaded on first use (scale-out replicas)
+        self.entries: dict[str, AdapterEntry] = {}
+        self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
+        self._load_lock = asyncio.Lock()
+        self._released = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+
+    # -- start -----------------------------------------------------------------------------------
+    async def open(self, *, sources: DynamicSources, preload: Mapping[str, str], catalog: Mapping[str, str],
+                   on_loaded: Callable[[str], None] = lambda name: None) -> None:
+        """Set the source policy and make every preloaded adapter resident (pinned); raises on the first
+        adapter that cannot be served."""
+        self.sources, self.catalog = sources, catalog
+        if len(preload) > self.capacity:
+            raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
+                              f"({self.capacity})")
+        for name, source in preload.items():
+            entry = AdapterEntry(name, source, pinned=True)
+            await self._install(entry)
+            entry.settled.set()
+            self.entries[name] = entry
+            on_loaded(name)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- what is known ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Resident adapters: what a request may name without a load."""
+        return sorted(n for n, e in self.entries.items() if e.ready)
+
+    def known(self, name: str) -> bool:
+        return name in self.entries or name in self.catalog
+
+    def describe(self) -> list[dict]:
+        return [self.entries[name].describe() for name in sorted(self.entries)]
+
+    def slot_of(self, name: str) -> int | None:
+        entry = self.entries.get(name)
+        return entry.slot if entry is not None and entry.ready else None
+
+    def name_at(self, slot: int) -> str | None:
+        return next((n for n, e in self.entries.items() if e.slot == slot), None)
+
+    # -- request path (event loop only) ----------------------------------------------------------
+    def acquire(self, name: str) -> Lease:
+        """A lease on a resident adapter, or raise AdapterLoading (a load has started) or UnknownAdapter."""
+        entry = self._find_or_start(name)
+        if not entry.ready:
+            raise errors.AdapterLoading(f"adapter {name!r} is loading; retry shortly")
+        entry.leases += 1
+        entry.last_used = time.time()
+        return Lease(name, entry.slot)
+
+    def release(self, lease: Lease) -> None:
+        entry = self.entries.get(lease.name)
+        if entry is not None and entry.slot == lease.slot and entry.leases > 0:
+            entry.leases -= 1
+            if entry.leases == 0:
+                self._released.set()
+
+    async def ensure(self, name: str) -> None:
+        """Make `name` resident and wait for it (scale-out's multiplexed loader); concurrent callers share
+        one load."""
+        entry = self._find_or_start(name)
+        await entry.settled.wait()
+        if entry.state is AdapterState.FAILED:
+            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+
+    def source_for(self, name: str) -> str:
+        """Where a non-resident adapter would load from (the catalog, then dynamic sources), else raise."""
+        source = self.catalog.get(name)
+        if source is None:
+            try:
+                source = self.sources.locate(name)
+            except SourceRefused as exc:
+                raise self._unknown(name, str(exc)) from None
+        if source is None:
+            raise self._unknown(name, "not preloaded and not found under any adapter root")
+        return source
+
+    def _find_or_start(self, name: str) -> AdapterEntry:
+        entry = self.entries.get(name)
+        if entry is not None and entry.state is AdapterState.FAILED:
+            if time.monotonic() - entry.failed_at < self.failure_ttl_s:
+                raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+            del self.entries[name]
+            entry = None
+        if entry is not None:
+            return entry
+        return self._start_load(name, self.source_for(name), pinned=False)
+
+    def _unknown(self, name: str, reason: str) -> errors.UnknownAdapter:
+        on_demand = f"configured: {', '.join(sorted(self.catalog))}; " if self.catalog else ""
+        return errors.UnknownAdapter(f"unknown lora_id {name!r} for model {self.model!r}: {reason}; "
+                                     f"loaded: {', '.join(self.names()) or 'none'}; {on_demand}"
+                                     f"dynamic sources: {self.sources.describe()}")
+
+    # -- admin path ------------------------------------------------------------------------------
+    async def load(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
+        """Load (or find) an adapter and wait for it; returns (description, created)."""
+        try:
+            checked = self.sources.check_source(source)
+        except SourceRefused as exc:
+            raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}") from None
+        entry = self.entries.get(name)
+        if entry is not None and entry.state is AdapterState.FAILED:
+            del self.entries[name]
+            entry = None
+        if entry is not None and entry.source not in (source, checked):
+            raise errors.AdapterConflict(f"adapter {name!r} is already loaded from {entry.source!r}")
+        created = entry is None
+        if created:
+            entry = self._start_load(name, checked, pinned=pin)
+        await entry.settled.wait()
+        if entry.state is AdapterState.FAILED:
+            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+        entry.pinned = entry.pinned or pin
+        return entry.describe(), created
+
+    async def unload(self, name: str, *, eviction: bool = False) -> None:
+        """Stop admitting requests for `name`, wait for its in-flight rows, then drop it. `eviction`: an
+        outside LRU (scale-out's) chose it, so it counts as one."""
+        entry = self.entries.get(name)
+        if entry is None:
+            raise errors.AdapterNotFound(f"adapter {name!r} is not loaded for model {self.model!r}")
+        await entry.settled.wait()
+        if entry.ready:
+            entry.state = AdapterState.UNLOADING
+            while entry.leases:
+                self._released.clear()
+                await self._released.wait()
+            await self._remove(entry)
+            self.counters["evictions"] += eviction
+        self.entries.pop(name, None)
+
+    # -- loading and eviction --------------------------------------------------------------------
+    def _start_load(self, name: str, source: str, *, pinned: bool) -> AdapterEntry:
+        entry = AdapterEntry(name, source, pinned=pinned)
+        self.entries[name] = entry
+        task = asyncio.get_running_loop().create_task(self._load(entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return entry
+
+    async def _load(self, entry: AdapterEntry) -> None:
+        async with self._load_lock:
+            self.counters["loads"] += 1
+            try:
+                await self._make_room()
+                await self._install(entry)
+            except Exception as exc:
+                self.counters["load_failures"] += 1
+                entry.state, entry.cause, entry.failed_at = AdapterState.FAILED, str(exc), time.monotonic()
+                log.warning("%s: adapter %r failed to load: %s", self.model, entry.name, exc)
+            finally:
+                entry.settled.set()
+
+    async def _install(self, entry: AdapterEntry) -> None:
+        """Read and validate the adapter once, then install it at a free slot."""
+        log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
+        folder = await asyncio.to_thread(resolve_source, entry.source, kind="adapter")
+        adapter = await asyncio.to_thread(load_peft_adapter, entry.name, folder,
+                                          base_shapes=self.backend.info.linear_shapes, max_rank=self.max_rank)
+        slot = min(set(range(self.capacity)) - {e.slot for e in self.entries.values()})
+        entry.slot = slot  # reserved while the backend installs, so no other load takes it
+        try:
+            await self.backend.install(slot, adapter, pinned=entry.pinned)
+        except BaseException:
+            entry.slot = None
+            raise
+        entry.info, entry.state = AdapterInfo.of(adapter), AdapterState.READY
+
+    async def _remove(self, entry: AdapterEntry) -> None:
+        await self.backend.remove(entry.slot)
+        entry.slot = None
+
+    def _victim(self) -> AdapterEntry | None:
+        idle = [e for e in self.entries.values() if e.ready and not e.pinned and e.leases == 0]
+        return min(idle, key=lambda e: e.last_used, default=None)
+
+    async def _make_room(self) -> None:
+        deadline = time.monotonic() + ROOM_WAIT_S
+        while sum(e.slot is not None for e in self.entries.values()) >= self.capacity:
+            victim = self._victim()
+            if victim is not None:
+                victim.state = AdapterState.UNLOADING
+                log.info("%s: evicting adapter %r (least recently used)", self.model, victim.name)
+                await self._remove(victim)
+                self.entries.pop(victim.name, None)
+                self.counters["evictions"] += 1
+                continue
+            resident = [e for e in self.entries.values() if e.ready]
+            if resident and all(e.pinned for e in resident):
+                raise RuntimeError(f"no room: all {len(resident)} resident adapters are pinned "
+                                   f"(max_loras_per_model {self.capacity})")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RuntimeError(f"no room: the {self.capacity} resident adapters stayed busy for {ROOM_WAIT_S:.0f} s")
+            self._released.clear()
+            try:
+                await asyncio.wait_for(self._released.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass

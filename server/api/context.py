@@ -1,0 +1,33 @@
+"""What the module-level routes reach through `request.app.state`: the served models, the server
+settings, metrics and the drain state."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+from starlette.requests import Request
+
+from server import errors
+from server.api.lifecycle import Lifecycle
+from server.api.metrics import Metrics
+from server.config import ServerSettings
+from server.served_model import ServedModel
+
+
+@dataclass(frozen=True)
+class AppContext:
+    models: Mapping[str, ServedModel]
+    settings: ServerSettings
+    metrics: Metrics
+    lifecycle: Lifecycle
+
+    def model(self, name: str) -> ServedModel:
+        served = self.models.get(name)
+        if served is None:
+            raise errors.model_not_found(name, self.models)
+        return served
+
+
+def context(request: Request) -> AppContext:
+    return request.app.state.context

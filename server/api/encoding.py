@@ -1,0 +1,60 @@
+"""What both encode APIs share once their body is parsed: find the model, resolve the options, run
+the encode (cancelled if the client leaves) and record the request's metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Awaitable, TypeVar
+
+from starlette.requests import Request
+
+from server import errors
+from server.api.context import AppContext
+from server.api.errors import ApiError, client_gone, inference_error
+from server.api.metrics import RequestTrack
+from server.api.middleware import request_id
+from server.options import EncodeOptions, EncodeRequest, resolve_options
+from server.served_model import EncodeResult
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Run `work`, cancelling it (and so dropping its rows from pending batches) if the client leaves."""
+    task = asyncio.ensure_future(work)
+
+    async def client_left() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(client_left())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if not task.done():
+        task.cancel()
+        raise client_gone()
+    return task.result()
+
+
+async def run_encode(ctx: AppContext, encode: EncodeRequest, request: Request,
+                     track: RequestTrack) -> tuple[EncodeOptions, EncodeResult]:
+    """Domain errors pass through (the app's handlers answer them); anything else is a 500 that names
+    the request id, with the traceback in the log."""
+    model = ctx.model(encode.model)
+    track.model = encode.model
+    options = resolve_options(model.config, encode.options)
+    track.adapter = options.lora_id
+    try:
+        result = await unless_disconnected(request, model.encode(encode.texts, options))
+    except (errors.ServingError, ApiError):
+        raise
+    except Exception:
+        log.exception("encode failed (request %s)", request_id(request))
+        raise inference_error(request_id(request)) from None
+    track.items, track.tokens = len(encode.texts), result.input_tokens
+    track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
+    return options, result

@@ -1,0 +1,45 @@
+"""One way to assemble a served model, for `launch.py` (serve, and check as a dry run of the same load
+path) and for each scale-out replica."""
+
+from __future__ import annotations
+
+import logging
+
+from server.backends import create_backend, pick_device, resolve_backend_kind
+from server.config import ModelConfig, ServerSettings
+from server.local_model import LocalModel
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: ModelConfig, settings: ServerSettings, *, backend: str | None = None,
+                dry_run: bool = False) -> LocalModel:
+    """`backend` overrides the config's kind; `dry_run` loads shapes instead of weights."""
+    device = pick_device(settings.device)
+    kind = "dry-run" if dry_run else resolve_backend_kind(backend or config.backend, device)
+    log.info("model %s: backend %s on %s", config.name, kind, device)
+    return LocalModel(config, settings, create_backend(kind, config, settings, device))
+
+
+async def check_model(config: ModelConfig, settings: ServerSettings) -> list[str]:
+    """The load path without weights: tokenizer, shapes, every adapter read and validated once. Lines
+    that describe what would be served; raises the first problem."""
+    model = build_model(config, settings, dry_run=True)
+    try:
+        await model.load()
+    finally:
+        await model.stop()
+    lines = [f"model {config.name}: {model.backend.info.description}, pooling on token id {model.tokenizer.eos_id}"]
+    for entry in model.adapters.describe():
+        lines.append(f"  adapter {entry['name']}: rank {entry['rank']}, targets {','.join(entry['target_modules'])}, "
+                     f"{entry['bytes'] / 1024:.0f} KiB from {entry['source']}")
+    for profile in config.profiles.values():
+        lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}")
+    return lines
+
+
+async def load_model(config: ModelConfig, settings: ServerSettings, *, backend: str | None = None) -> LocalModel:
+    """Build and load now, raising the first problem (tests, benchmarks and tools that serve nothing)."""
+    model = build_model(config, settings, backend=backend)
+    await model.load()
+    return model

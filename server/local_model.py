@@ -1,0 +1,160 @@
+"""A model served in this process: tokenizer + batcher + adapter registry + backend, and the encode
+path that ties them together. Implements `ServedModel`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from typing import Sequence
+
+import numpy as np
+
+from server import errors
+from server.adapters.policy import DynamicSources
+from server.adapters.registry import AdapterRegistry
+from server.backends.base import Backend
+from server.batching import Batcher, BatchLimits
+from server.config import ConfigError, ModelConfig, ServerSettings
+from server.logs import startup_progress
+from server.lora.peft_format import AdapterError
+from server.options import EncodeOptions, check_dims
+from server.postprocess import finish
+from server.served_model import BatchObserver, EncodeResult, ModelState, ModelStats, ModelStatus
+from server.sources import SourceError, resolve_source
+from server.tokenization import TextTokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+INLINE_TOKENIZE_CHARS = 4096
+OPERATOR_ERRORS = (ConfigError, AdapterError, SourceError)  # a fix in the config or the files, not a retry
+
+
+class LocalModel:
+    """States: loading -> ready, or loading -> failed (with the cause)."""
+
+    def __init__(self, config: ModelConfig, settings: ServerSettings, backend: Backend):
+        self.config = config
+        self.settings = settings
+        self.backend = backend
+        self.tokenizer: TextTokenizer | None = None
+        self.state = ModelState.LOADING
+        self.failure: BaseException | None = None
+        self.batcher = Batcher(backend.embed, BatchLimits(
+            max_batch_tokens=settings.max_batch_tokens, max_batch_wait_ms=settings.max_batch_wait_ms,
+            max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=settings.max_queue_items,
+            max_queue_tokens=settings.max_queue_tokens), name=config.name)
+        self.adapters = AdapterRegistry(config.name, backend, capacity=settings.max_loras_per_model,
+                                        max_rank=config.adapters.max_lora_rank,
+                                        failure_ttl_s=settings.lora_failure_ttl_s)
+        self.admin = self.adapters
+        self._loading: asyncio.Future | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Tokenizer, base model, then every preloaded adapter (each read once); raises on a problem."""
+        config = self.config
+        preload = config.adapters.preloaded
+        with startup_progress(f"loading {self.name}", 1 + len(preload), log) as progress:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, config)
+            await self.backend.start()
+            hidden = self.backend.info.hidden_size
+            if config.dims is not None and config.dims > hidden:
+                raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "
+                                  f"size {hidden}")
+            progress.step("base model")
+            roots = await asyncio.to_thread(lambda: tuple(
+                resolve_source(root, kind="adapter root") for root in config.lora_roots + self.settings.lora_roots))
+            catalog = {} if config.adapters.preload else dict(config.adapters.lora_paths)
+            await self.adapters.open(sources=DynamicSources(roots, config.lora_allow + self.settings.lora_allow),
+                                     preload=preload, catalog=catalog,
+                                     on_loaded=lambda name: progress.step(f"adapter {name}"))
+        self.state = ModelState.READY
+
+    async def _load_and_record(self) -> None:
+        started = time.perf_counter()
+        try:
+            await self.load()
+        except Exception as exc:
+            self.state, self.failure = ModelState.FAILED, exc
+            log.error("%s: load failed: %s", self.name, self.status().failure)
+            return
+        names = self.adapters.names()
+        log.info("%s: ready in %.1f s (%d adapters: %s)", self.name, time.perf_counter() - started, len(names),
+                 ", ".join(names) or "none")
+
+    def start(self, on_batch: BatchObserver) -> asyncio.Future:
+        self.batcher.on_batch = on_batch
+        self.batcher.start()
+        if self._loading is None:
+            self._loading = asyncio.ensure_future(self._load_and_record())
+        return self._loading
+
+    async def stop(self) -> None:
+        await self.adapters.close()
+        await self.batcher.stop()
+        if self._loading is not None:
+            self._loading.cancel()
+            await asyncio.gather(self._loading, return_exceptions=True)
+        await self.backend.close()
+
+    def status(self) -> ModelStatus:
+        failure = self.failure
+        return ModelStatus(name=self.name, state=self.state, dims=self.config.dims or self.backend.info.hidden_size,
+                           failure=f"{type(failure).__name__}: {failure}" if failure else None,
+                           config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats())
+
+    def _stats(self) -> ModelStats:
+        registry, batcher = self.adapters, self.batcher
+        waiting = {registry.name_at(slot) for slot in batcher.waiting_slots() if slot is not None}
+        return ModelStats(queue_depth=batcher.queue_depth, running_rows=len(batcher.running),
+                          resident_adapters=tuple(registry.names()), waiting_adapters=tuple(sorted(waiting - {None})),
+                          loads=registry.counters["loads"], load_failures=registry.counters["load_failures"],
+                          evictions=registry.counters["evictions"], max_loras=registry.capacity)
+
+    # -- encoding --------------------------------------------------------------------------------
+    async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
+        if self.state is not ModelState.READY:
+            self.status().require_ready()
+        dims = self.config.dims or self.backend.info.hidden_size
+        check_dims(options.dims, dims, self.config.min_dims)
+        if len(texts) > self.settings.max_items_per_request:
+            raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
+                                      f"{self.settings.max_items_per_request} items per request")
+        if options.lora_id is None:
+            return await self._encode(texts, options, None)
+        lease = self.adapters.acquire(options.lora_id)
+        try:
+            return await self._encode(texts, options, lease.slot)
+        finally:
+            self.adapters.release(lease)
+
+    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
+        t0 = time.perf_counter()
+        rendered = [self.tokenizer.render(t, is_query=options.is_query, instruction=options.instruction)
+                    for t in texts]
+        tokenize = functools.partial(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
+                                     limit=self.backend.info.max_input_tokens)
+        # Short inputs tokenise faster than a thread hop costs; long ones must not block the event loop.
+        tokenized = tokenize() if sum(map(len, rendered)) <= INLINE_TOKENIZE_CHARS else await asyncio.to_thread(tokenize)
+        t1 = time.perf_counter()
+        futures = self.batcher.submit(tokenized.input_ids, slot)
+        try:
+            rows = await asyncio.gather(*futures)
+        except asyncio.CancelledError:
+            for future in futures:
+                future.cancel()
+            raise
+        t2 = time.perf_counter()
+        inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
+        native = self.config.dims or self.backend.info.hidden_size
+        vectors = finish(np.stack([row.vector for row in rows]), dims=options.dims or self.config.dims,
+                         normalize=self.config.normalize, output_dtype=options.output_dtype)
+        t3 = time.perf_counter()
+        return EncodeResult(vectors=vectors, dims=options.dims or native, input_tokens=tokenized.token_count,
+                            tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
+                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3)

@@ -1,0 +1,79 @@
+"""The adapter registry on the real torch backend and the demo model: adapters loaded on demand from the
+configured catalog (what each scale-out replica does) with one load for concurrent callers, 400s that
+name the catalog, evictions chosen by an outside LRU counted as evictions, and slots owned here alone."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server import errors
+from server.api.errors import from_domain
+
+
+@pytest.fixture()
+def on_demand_model(demo_config, demo_dirs):
+    from server.build import load_model
+    from server.config import ServerSettings, adapters_on_demand
+    from server.served_model import ModelState
+
+    model = asyncio.run(load_model(adapters_on_demand(demo_config), ServerSettings(max_loras_per_model=2),
+                                   backend="torch"))
+    assert model.state is ModelState.READY
+    yield model
+    asyncio.run(model.backend.close())
+
+
+def test_nothing_is_preloaded_and_concurrent_misses_load_once(on_demand_model):
+    model = on_demand_model
+    assert model.adapters.entries == {} and model.adapters.names() == []
+
+    async def scenario():
+        await asyncio.gather(*(model.adapters.ensure("legal") for _ in range(10)))
+
+    asyncio.run(scenario())
+    assert model.adapters.names() == ["legal"] and model.adapters.counters["loads"] == 1
+    assert model.adapters.known("medical")  # configured, not resident: still a known name
+
+
+def test_unknown_names_are_refused_with_the_catalog(on_demand_model):
+    with pytest.raises(errors.UnknownAdapter) as caught:
+        asyncio.run(on_demand_model.adapters.ensure("nope"))
+    answer = from_domain(caught.value)  # as the API answers it
+    assert answer.status == 400 and "configured: finance, legal, medical" in answer.message
+
+
+def test_an_outside_eviction_counts_and_unloads(on_demand_model):
+    model = on_demand_model
+
+    async def scenario():
+        await model.adapters.ensure("finance")
+        await model.adapters.unload("finance", eviction=True)
+
+    asyncio.run(scenario())
+    assert model.adapters.entries == {} and model.adapters.counters["evictions"] == 1
+
+
+def test_slots_stay_within_capacity_and_are_reused(on_demand_model):
+    """Capacity 2: a third adapter evicts the least recently used one and takes over its slot."""
+    model = on_demand_model
+
+    async def scenario():
+        for name in ("legal", "medical"):
+            await model.adapters.ensure(name)
+        model.adapters.release(model.adapters.acquire("medical"))  # legal is now the least recently used
+        await model.adapters.ensure("finance")
+
+    asyncio.run(scenario())
+    slots = {name: model.adapters.slot_of(name) for name in model.adapters.names()}
+    assert set(slots) == {"medical", "finance"} and set(slots.values()) == {0, 1}
+    assert model.adapters.counters["evictions"] == 1
+
+
+def test_preloads_over_capacity_are_a_config_error(demo_config, demo_dirs):
+    from server.build import load_model
+    from server.config import ConfigError, ServerSettings
+
+    with pytest.raises(ConfigError, match="3 preloaded adapters exceed max_loras_per_model"):
+        asyncio.run(load_model(demo_config, ServerSettings(max_loras_per_model=2), backend="torch"))
