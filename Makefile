@@ -8,7 +8,7 @@ PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 REPLICAS ?= 2
 
-.PHONY: venv run run-scaleout test test-sglang test-scaleout check clean
+.PHONY: venv run run-scaleout lint test test-sglang test-scaleout check clean
 
 venv: $(STAMP)
 
@@ -28,7 +28,10 @@ run: venv
 check: venv
 	$(BIN)/python launch.py check --config $(CONFIG)
 
-test: venv
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
 	$(BIN)/python -m pytest -q
 
 # Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and ../shared/spec/SGLANG.md).

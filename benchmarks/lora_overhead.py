@@ -11,10 +11,10 @@ median over rounds of the paired ratio t_variant / t_base - 1 (SPEC.md §7).
 from __future__ import annotations
 
 import argparse
-import shutil
 import asyncio
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import tempfile
@@ -153,7 +153,8 @@ def make_variants(args, assets, served, peft_pair):
 
         variants["peft_all7_mixed8"] = peft_mixed
         variants["peft_merged1"] = peft_merged
-    return variants, {"base_many_rows": (many_rows, many_tokens), f"ours_all7_mixed{args.many}": (many_rows, many_tokens)}
+    many_shape = (many_rows, many_tokens)
+    return variants, {"base_many_rows": many_shape, f"ours_all7_mixed{args.many}": many_shape}
 
 
 def timed(fn, device: str) -> float:

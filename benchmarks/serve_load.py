@@ -26,8 +26,8 @@ import msgpack
 
 REPO = Path(__file__).resolve().parents[1]
 ADAPTERS = [None, "legal", "medical", "finance"]
-WORDS = ("contract court patient revenue market clinical statute dosage portfolio appeal invoice symptom "
-         "merger liability therapy dividend").split()
+WORDS = ["contract", "court", "patient", "revenue", "market", "clinical", "statute", "dosage", "portfolio",
+         "appeal", "invoice", "symptom", "merger", "liability", "therapy", "dividend"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -51,7 +51,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def workload(count: int, items: int, seed: int = 0, words: tuple[int, int] = (4, 40)) -> list[tuple[list[str], str | None]]:
+def workload(count: int, items: int, seed: int = 0,
+             words: tuple[int, int] = (4, 40)) -> list[tuple[list[str], str | None]]:
     rng = random.Random(seed)
     return [([" ".join(rng.choices(WORDS, k=rng.randint(*words))) for _ in range(items)], ADAPTERS[i % len(ADAPTERS)])
             for i in range(count)]
@@ -71,7 +72,8 @@ def summarise(latencies, tokens, statuses, items, elapsed) -> dict:
     return {"requests": len(statuses), "ok": ok, "seconds": round(elapsed, 3),
             "req_per_s": round(ok / elapsed, 2), "items_per_s": round(ok * items / elapsed, 1),
             "tokens_per_s": round(sum(tokens) / elapsed, 1),
-            "p50_ms": round(percentile(latencies, 0.50) * 1e3, 2), "p95_ms": round(percentile(latencies, 0.95) * 1e3, 2),
+            "p50_ms": round(percentile(latencies, 0.50) * 1e3, 2),
+            "p95_ms": round(percentile(latencies, 0.95) * 1e3, 2),
             "p99_ms": round(percentile(latencies, 0.99) * 1e3, 2), "errors": errors}
 
 
@@ -140,7 +142,8 @@ def start_server(config: str, replicas: int | None = None) -> tuple[subprocess.P
 
 
 async def run_cell(send, args, concurrency: int, items: int) -> dict:
-    latencies, tokens, statuses, elapsed = await drive(send, workload(args.requests, items, words=args.words), concurrency, args.seconds)
+    load = workload(args.requests, items, words=args.words)
+    latencies, tokens, statuses, elapsed = await drive(send, load, concurrency, args.seconds)
     return summarise(latencies, tokens, statuses, items, elapsed)
 
 
@@ -183,8 +186,8 @@ async def main_async(args) -> dict:
         if process is not None:
             process.send_signal(signal.SIGTERM)
             process.wait(timeout=60)
-    report = {"api": args.api, "model": args.model, "replicas": args.replicas, "http": http, "cells": [f"c{c}_i{i}" for c, i in cells],
-              "cpu_count": os.cpu_count()}
+    report = {"api": args.api, "model": args.model, "replicas": args.replicas, "http": http,
+              "cells": [f"c{c}_i{i}" for c, i in cells], "cpu_count": os.cpu_count()}
     if args.compare_inprocess:
         inproc = await inprocess_sweep(args, cells)
         report["inprocess"] = inproc

@@ -30,8 +30,8 @@ sys.path.insert(0, str(REPO))
 MODEL = "demo/qwen3-tiny"
 ADAPTERS = [None, "legal", "medical", "finance", "retail", "travel"]
 WEIGHTS = [3, 2, 2, 2, 1, 1]
-WORDS = ("contract court patient revenue market clinical statute dosage portfolio appeal invoice symptom "
-         "merger liability therapy dividend refund itinerary").split()
+WORDS = ["contract", "court", "patient", "revenue", "market", "clinical", "statute", "dosage", "portfolio",
+         "appeal", "invoice", "symptom", "merger", "liability", "therapy", "dividend", "refund", "itinerary"]
 BAD_BODIES = [
     ({"items": []}, "application/json"),
     ({"items": [{"text": "x"}], "params": {"options": {"lora_id": "no-such-adapter"}}}, "application/json"),
@@ -105,7 +105,7 @@ class Server:
     def start(self) -> None:
         from tests.conftest import wait_ready
 
-        self.log = tempfile.TemporaryFile("w+")
+        self.log = tempfile.TemporaryFile("w+")  # noqa: SIM115 (read after the process exits, closed in stop())
         self.process = subprocess.Popen(self.args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=self.log, text=True)
         try:
             wait_ready(self.url, timeout=180, process=self.process)

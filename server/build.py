@@ -27,12 +27,16 @@ async def check_model(config: ModelConfig, settings: ServerSettings) -> list[str
     model = build_model(config, settings, dry_run=True)
     try:
         await model.load()
+        infos = {name: entry.info for name, entry in model.adapters.entries.items()}
+        on_demand = {} if config.adapters.preload else config.adapters.lora_paths
+        for name, source in on_demand.items():
+            infos[name] = await model.adapters.inspect(name, source)
     finally:
         await model.stop()
     lines = [f"model {config.name}: {model.backend.info.description}, pooling on token id {model.tokenizer.eos_id}"]
-    for entry in model.adapters.describe():
-        lines.append(f"  adapter {entry['name']}: rank {entry['rank']}, targets {','.join(entry['target_modules'])}, "
-                     f"{entry['bytes'] / 1024:.0f} KiB from {entry['source']}")
+    for name, info in infos.items():
+        lines.append(f"  adapter {name}{' (on demand)' if name in on_demand else ''}: rank {info.rank}, "
+                     f"targets {','.join(info.target_modules)}, {info.nbytes / 1024:.0f} KiB from {info.source}")
     for profile in config.profiles.values():
         lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}")
     return lines

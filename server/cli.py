@@ -10,7 +10,14 @@ import logging
 import os
 import sys
 
-from server.config import SETTINGS_FIELDS, ConfigError, ServerSettings, load_model_config, load_server_settings
+from server.config import (
+    SETTINGS_FIELDS,
+    ConfigError,
+    ServerSettings,
+    adapters_on_demand,
+    load_model_config,
+    load_server_settings,
+)
 from server.local_model import OPERATOR_ERRORS
 from server.logs import configure_logging
 
@@ -42,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _load(args: argparse.Namespace):
     settings = load_server_settings(args.engine_config, overrides={k: getattr(args, k) for k in SETTINGS_FIELDS})
     models = [load_model_config(path) for path in args.config]
+    if args.replicas is not None:  # each replica loads its adapters on demand (Ray's multiplexing)
+        models = [adapters_on_demand(model) for model in models]
     names = [m.name for m in models]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

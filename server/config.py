@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -118,7 +119,7 @@ class ModelConfig:
         _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
         _require(where, "{text}" in self.query_template, "'query_template' must contain {text}")
         _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
-        _require(where, 1 <= self.min_dims, "'min_dims' must be >= 1")
+        _require(where, self.min_dims >= 1, "'min_dims' must be >= 1")
         for profile in self.profiles.values():
             if profile.lora_id is not None and not (self.lora_roots or self.lora_allow):
                 _require(where, profile.lora_id in self.adapters.lora_paths,

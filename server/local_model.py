@@ -7,7 +7,7 @@ import asyncio
 import functools
 import logging
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -140,7 +140,8 @@ class LocalModel:
         tokenize = functools.partial(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         # Short inputs tokenise faster than a thread hop costs; long ones must not block the event loop.
-        tokenized = tokenize() if sum(map(len, rendered)) <= INLINE_TOKENIZE_CHARS else await asyncio.to_thread(tokenize)
+        inline = sum(map(len, rendered)) <= INLINE_TOKENIZE_CHARS
+        tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
         t1 = time.perf_counter()
         futures = self.batcher.submit(tokenized.input_ids, slot)
         try:

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from server import errors
 from server.config import ModelConfig
 from server.options import EncodeOptions
 
 
-class ModelState(str, enum.Enum):
+class ModelState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"

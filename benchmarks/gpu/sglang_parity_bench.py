@@ -68,9 +68,10 @@ def main(argv=None) -> dict:
         ids = torch.cat([ids, torch.full((args.rows, 1), vocab - 1 if not args.model_path else 151643)], 1).tolist()
         mixed = [None if i % 9 == 0 else names[i % 8] for i in range(args.rows)]
 
-        config = model_config_from_dict({"name": "gpu", "model_path": model_dir, "adapter": "torch", "dtype": "bfloat16",
-                                         "max_seq_len": args.tokens + 8, "adapter_options_loadtime": {
-                                             "lora_paths": adapters, "max_lora_rank": args.rank}})
+        config = model_config_from_dict({
+            "name": "gpu", "model_path": model_dir, "adapter": "torch", "dtype": "bfloat16",
+            "max_seq_len": args.tokens + 8,
+            "adapter_options_loadtime": {"lora_paths": adapters, "max_lora_rank": args.rank}})
         model = asyncio.run(load_model(config, ServerSettings(device="cuda"), backend="torch"))
         ours = model.backend
         torch_vectors = ours.embed_sync(TokenBatch(ids, [m and model.adapters.slot_of(m) for m in mixed]))
@@ -80,13 +81,15 @@ def main(argv=None) -> dict:
         for name in names[1:]:
             peft.load_adapter(adapters[name], adapter_name=name)
         with torch.inference_mode():
-            hidden = peft(input_ids=torch.tensor(ids).cuda(), adapter_names=[m or "__base__" for m in mixed]).last_hidden_state
+            hidden = peft(input_ids=torch.tensor(ids).cuda(),
+                          adapter_names=[m or "__base__" for m in mixed]).last_hidden_state
         peft_vectors = hidden[:, -1].float().cpu().numpy()
         del peft, base
         torch.cuda.empty_cache()
 
         engine = sglang.Engine(model_path=model_dir, is_embedding=True, enable_lora=True, dtype="bfloat16",
-                               lora_paths=[{"lora_name": n, "lora_path": p, "pinned": True} for n, p in adapters.items()],
+                               lora_paths=[{"lora_name": n, "lora_path": p, "pinned": True}
+                                           for n, p in adapters.items()],
                                max_loras_per_batch=9, max_lora_rank=args.rank, lora_target_modules=lo.ALL7,
                                context_length=args.tokens + 8, mem_fraction_static=0.6)
         loop = asyncio.new_event_loop()
@@ -124,8 +127,9 @@ def main(argv=None) -> dict:
     tokens = args.rows * args.tokens
     report = {"parity": parity, "parity_ok": min(parity.values()) >= 0.9999,
               "tokens_per_s": {n: round(tokens / statistics.median(t), 1) for n, t in times.items()},
-              "overhead_vs_base": {n: round(statistics.median(a / b for a, b in zip(t, times[n.split("_")[0] + "_base"])) - 1, 4)
-                                   for n, t in times.items() if not n.endswith("_base")},
+              "overhead_vs_base": {
+                  n: round(statistics.median(a / b for a, b in zip(t, times[n.split("_")[0] + "_base"])) - 1, 4)
+                  for n, t in times.items() if not n.endswith("_base")},
               "device": torch.cuda.get_device_name(), "layers": args.layers, "rows": args.rows, "tokens": args.tokens,
               "torch": torch.__version__, "sglang": sglang.__version__}
     text = json.dumps(report, indent=2)

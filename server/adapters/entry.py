@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from server.lora.peft_format import LoraAdapter
 
 
-class AdapterState(str, enum.Enum):
+class AdapterState(enum.StrEnum):
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"

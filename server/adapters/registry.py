@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 from server import errors
 from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState, Lease
 from server.adapters.policy import DynamicSources, SourceRefused
 from server.backends.base import Backend
 from server.config import ConfigError
-from server.lora.peft_format import load_peft_adapter
+from server.lora.peft_format import LoraAdapter, load_peft_adapter
 from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -194,12 +194,19 @@ class AdapterRegistry:
             finally:
                 entry.settled.set()
 
+    async def _read(self, name: str, source: str) -> LoraAdapter:
+        folder = await asyncio.to_thread(resolve_source, source, kind="adapter")
+        return await asyncio.to_thread(load_peft_adapter, name, folder, base_shapes=self.backend.info.linear_shapes,
+                                       max_rank=self.max_rank)
+
+    async def inspect(self, name: str, source: str) -> AdapterInfo:
+        """Read and validate without installing (`launch.py check` of adapters loaded on demand)."""
+        return AdapterInfo.of(await self._read(name, source))
+
     async def _install(self, entry: AdapterEntry) -> None:
         """Read and validate the adapter once, then install it at a free slot."""
         log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
-        folder = await asyncio.to_thread(resolve_source, entry.source, kind="adapter")
-        adapter = await asyncio.to_thread(load_peft_adapter, entry.name, folder,
-                                          base_shapes=self.backend.info.linear_shapes, max_rank=self.max_rank)
+        adapter = await self._read(entry.name, entry.source)
         slot = min(set(range(self.capacity)) - {e.slot for e in self.entries.values()})
         entry.slot = slot  # reserved while the backend installs, so no other load takes it
         try:
@@ -234,9 +241,10 @@ class AdapterRegistry:
                                    f"(max_loras_per_model {self.capacity})")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RuntimeError(f"no room: the {self.capacity} resident adapters stayed busy for {ROOM_WAIT_S:.0f} s")
+                raise RuntimeError(f"no room: the {self.capacity} resident adapters stayed busy for "
+                                   f"{ROOM_WAIT_S:.0f} s")
             self._released.clear()
             try:
                 await asyncio.wait_for(self._released.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass

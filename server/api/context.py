@@ -3,8 +3,8 @@ settings, metrics and the drain state."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from starlette.requests import Request
 

@@ -7,7 +7,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -56,7 +56,7 @@ class Lifecycle:
         try:
             await asyncio.wait_for(self._event().wait(), timeout_s)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 

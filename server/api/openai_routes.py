@@ -22,7 +22,7 @@ BODY_SCHEMA = {"requestBody": {"required": True, "content": {
 
 def parse_embeddings(body) -> EmbeddingsIn:
     raw = body.get("input") if isinstance(body, dict) else None
-    if isinstance(raw, list) and raw and all(isinstance(x, int) or isinstance(x, list) for x in raw):
+    if isinstance(raw, list) and raw and all(isinstance(x, (int, list)) for x in raw):
         raise invalid_input("token-id input is not supported; send strings (the server tokenises)")
     return validate(EmbeddingsIn, body, what="request body must be a JSON object")
 

@@ -8,8 +8,8 @@ weights at a slot, removes them, and runs forwards. Async only; errors it raises
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
 
 import numpy as np
 

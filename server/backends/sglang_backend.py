@@ -1,13 +1,12 @@
-"""SGLang backend: an in-process `sglang.Engine` (is_embedding) with every configured adapter preloaded.
+"""SGLang backend: an in-process `sglang.Engine` (is_embedding) started with LoRA enabled and no adapter;
+the registry installs each one (preloaded ones pinned) through SGLang's async API under its name.
 
 In-process rather than a `sglang.launch_server` subprocess: token ids go straight to SGLang's tokenizer
-manager (no second HTTP hop, no JSON re-serialisation of float vectors), one call carries one adapter
-name per row so SGLang's scheduler mixes adapters in its batches, and adapters load and unload through
-the same async API. SGLang starts with no adapter: the registry installs every adapter (preloaded
-ones pinned) through that API, under the adapter's name as SGLang's key. SGLang still runs its scheduler in child processes; the backend records which ones
-it started and stops only those (`Engine.shutdown()` would kill every child of the server process).
-Adapters are validated with our own PEFT reader first and, where SGLang would silently ignore a
-setting (rsLoRA, rank/alpha patterns), rewritten as an equivalent plain LoRA.
+manager (no second HTTP hop, no JSON re-serialisation of float vectors), and one call carries one adapter
+key per row so SGLang's scheduler mixes adapters in its batches. SGLang runs its scheduler in child
+processes; the backend records which ones it started and stops only those (`Engine.shutdown()` would
+kill every child of the server process). Where SGLang would silently ignore an adapter setting (rsLoRA,
+rank/alpha patterns), the adapter is rewritten as an equivalent plain LoRA first.
 """
 
 from __future__ import annotations

@@ -94,7 +94,8 @@ class MixedLoraLinear(nn.Module):
                 pair = (x.new_zeros(rank, x.shape[-1]), x.new_zeros(rank, y.shape[-1]))
             elif pair[0].shape[0] < rank:  # mixed ranks: zero-pad to the largest in the batch
                 pad = rank - pair[0].shape[0]
-                pair = (torch.nn.functional.pad(pair[0], (0, 0, 0, pad)), torch.nn.functional.pad(pair[1], (0, 0, 0, pad)))
+                pair = (torch.nn.functional.pad(pair[0], (0, 0, 0, pad)),
+                        torch.nn.functional.pad(pair[1], (0, 0, 0, pad)))
             a_rows += [pair[0]] * (seg.stop - seg.start)
             bt_rows += [pair[1]] * (seg.stop - seg.start)
         start, stop = segments[0].start, segments[-1].stop

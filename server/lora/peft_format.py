@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from safetensors import safe_open
@@ -125,13 +125,8 @@ def _module_path(name: str, key: str, base_shapes: Mapping[str, tuple[int, int]]
     return path, match["kind"]
 
 
-def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str, tuple[int, int]],
-                      max_rank: int, dtype: torch.dtype = torch.float32,
-                      device: str | torch.device = "cpu") -> LoraAdapter:
-    """Load, validate and convert one PEFT adapter; raises AdapterError naming the problem."""
-    folder = Path(folder)
-    config = read_adapter_config(name, folder)
-    _check_config(name, config, max_rank)
+def _read_pairs(name: str, folder: Path, base_shapes: Mapping[str, tuple[int, int]]) -> dict[str, dict]:
+    """{module path: {"A": tensor, "B": tensor}} from the safetensors file (pickles are refused)."""
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         if any(folder.glob("*.bin")):
@@ -140,7 +135,7 @@ def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     try:
         with safe_open(str(weights_path), framework="pt") as handle:
-            for key in handle.keys():
+            for key in handle.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
                 path, kind = _module_path(name, key, base_shapes)
                 pairs.setdefault(path, {})[kind] = handle.get_tensor(key)
     except AdapterError:
@@ -149,33 +144,46 @@ def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str
         raise _fail(name, f"cannot read {WEIGHTS_FILE}: {exc}") from None
     if not pairs:
         raise _fail(name, f"{WEIGHTS_FILE} holds no LoRA weights")
-    alpha = float(config.get("lora_alpha", 8))
-    rank_pattern = config.get("rank_pattern") or {}
-    alpha_pattern = config.get("alpha_pattern") or {}
+    return pairs
+
+
+def _module(name: str, path: str, tensors: dict, config: dict, in_out: tuple[int, int], max_rank: int) -> LoraModule:
+    """One validated module; `scaling` from the config's alpha, rank and patterns."""
+    if set(tensors) != {"A", "B"}:
+        raise _fail(name, f"module {path!r} has lora_{''.join(tensors)} but not both lora_A and lora_B")
+    a, b = tensors["A"], tensors["B"]
+    in_features, out_features = in_out
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
+        raise _fail(name, f"module {path!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not pair")
+    if a.shape[1] != in_features or b.shape[0] != out_features:
+        raise _fail(name, f"module {path!r}: shapes lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)} do not fit "
+                          f"the base layer ({in_features} -> {out_features}); wrong base model?")
+    rank = a.shape[0]
+    if rank > max_rank:
+        raise _fail(name, f"module {path!r} has rank {rank}, over max_lora_rank {max_rank}")
+    declared = int(_pattern_value(config.get("rank_pattern") or {}, path, config.get("r", rank)))
+    if rank != declared:
+        raise _fail(name, f"module {path!r} has rank {rank} but adapter_config.json says {declared}")
+    if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+        raise _fail(name, f"module {path!r} holds NaN or infinite weights")
+    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, path, float(config.get("lora_alpha", 8))))
+    return LoraModule(a=a, b=b, scaling=alpha / (math.sqrt(rank) if config.get("use_rslora") else rank))
+
+
+def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str, tuple[int, int]],
+                      max_rank: int, dtype: torch.dtype = torch.float32,
+                      device: str | torch.device = "cpu") -> LoraAdapter:
+    """Load, validate and convert one PEFT adapter; raises AdapterError naming the problem."""
+    folder = Path(folder)
+    config = read_adapter_config(name, folder)
+    _check_config(name, config, max_rank)
     modules: dict[str, LoraModule] = {}
-    for path, tensors in sorted(pairs.items()):
-        if set(tensors) != {"A", "B"}:
-            raise _fail(name, f"module {path!r} has lora_{''.join(tensors)} but not both lora_A and lora_B")
-        a, b = tensors["A"], tensors["B"]
-        in_features, out_features = base_shapes[path]
-        if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
-            raise _fail(name, f"module {path!r}: lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)} do not pair")
-        if a.shape[1] != in_features or b.shape[0] != out_features:
-            raise _fail(name, f"module {path!r}: shapes lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)} do not fit "
-                              f"the base layer ({in_features} -> {out_features}); wrong base model?")
-        rank = a.shape[0]
-        if rank > max_rank:
-            raise _fail(name, f"module {path!r} has rank {rank}, over max_lora_rank {max_rank}")
-        if rank != int(_pattern_value(rank_pattern, path, config.get("r", rank))):
-            raise _fail(name, f"module {path!r} has rank {rank} but adapter_config.json says "
-                              f"{_pattern_value(rank_pattern, path, config.get('r', rank))}")
-        module_alpha = float(_pattern_value(alpha_pattern, path, alpha))
-        scaling = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
-            raise _fail(name, f"module {path!r} holds NaN or infinite weights")
+    for path, tensors in sorted(_read_pairs(name, folder, base_shapes).items()):
+        module = _module(name, path, tensors, config, base_shapes[path], max_rank)
         # clone(): the loaded copy must not share memory with the file (safetensors may map it), so an
         # adapter file rewritten or deleted on disk cannot change vectors of a resident adapter.
-        modules[path] = LoraModule(a=a.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
-                                   b=b.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
-                                   scaling=scaling)
+        modules[path] = LoraModule(
+            a=module.a.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
+            b=module.b.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
+            scaling=module.scaling)
     return LoraAdapter(name=name, source=str(folder), modules=modules)

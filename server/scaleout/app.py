@@ -4,7 +4,8 @@ FastAPI app (`create_app`) over `RemoteModel`s. `build` is the import path for `
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ray import serve
 from ray.serve import Application

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from ray import serve
 

@@ -3,11 +3,18 @@ engine configs plus replica shape. Built from `launch.py --replicas N` or from `
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
-from server.config import (ConfigError, ModelConfig, ServerSettings, adapters_on_demand, load_server_settings,
-                           load_model_config)
+from server.config import (
+    ConfigError,
+    ModelConfig,
+    ServerSettings,
+    adapters_on_demand,
+    load_model_config,
+    load_server_settings,
+)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,8 @@ def spec_from_builder_args(args: Mapping[str, Any]) -> ScaleoutSpec:
     replicas?, replica_cpus?, replica_gpus?, backend?, max_ongoing_requests?, metrics_host?, metrics_port?}."""
     unknown = sorted(set(args) - BUILDER_KEYS)
     if unknown:
-        raise ConfigError(f"scale-out args: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(BUILDER_KEYS))}")
+        raise ConfigError(f"scale-out args: unknown key(s) {', '.join(unknown)}; "
+                          f"allowed: {', '.join(sorted(BUILDER_KEYS))}")
     configs = args.get("configs")
     configs = [configs] if isinstance(configs, str) else list(configs or [])
     if not configs:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import dataclasses
 
 import numpy as np
@@ -14,6 +13,10 @@ from server.lora.mixed_linear import BMM_MIN_SEGMENTS
 from tests.conftest import token_batch
 
 COUNT = BMM_MIN_SEGMENTS + 4
+
+
+def unit(v):
+    return v / np.linalg.norm(v)
 
 
 @pytest.fixture(scope="module")
@@ -58,5 +61,4 @@ def test_gathered_path_matches_peft(many, demo_dirs):
         model = PeftModel.from_pretrained(base, paths[f"a{i}"]).eval()
         with torch.no_grad():
             reference = model(input_ids=torch.tensor([rows[i]])).last_hidden_state[0, -1].numpy()
-        unit = lambda v: v / np.linalg.norm(v)
         assert np.abs(unit(mixed[i]) - unit(reference)).max() <= 1e-5

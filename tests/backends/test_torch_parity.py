@@ -55,7 +55,7 @@ def test_adapters_change_the_vector(embed_rows, token_rows):
 def test_mixed_batch_equals_one_at_a_time(embed_rows, token_rows):
     rows, adapters = [], []
     for i, ids in enumerate(token_rows):
-        for j, adapter in enumerate(ADAPTERS):
+        for j in range(len(ADAPTERS)):
             rows.append(ids)
             adapters.append(ADAPTERS[(i + j) % len(ADAPTERS)])
     mixed = unit(embed_rows(rows, adapters))

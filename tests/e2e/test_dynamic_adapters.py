@@ -219,27 +219,26 @@ def test_eviction_never_takes_an_adapter_with_queued_rows(demo_config, adapter_r
 def test_admin_api(demo_config, adapter_root):
     app, served = build_app(dynamic_config(demo_config, adapter_root), api_keys=("key",))
     auth = {"Authorization": "Bearer key"}
-    with LiveServer(app) as live:
-        with httpx.Client(base_url=live.url, timeout=60) as client:
-            spec = {"name": "shop", "source": str(adapter_root / "retail"), "pin": True}
-            assert client.post(LORAS, json=spec).status_code == 401
-            created = client.post(LORAS, json=spec, headers=auth)
-            assert created.status_code == 201, created.text
-            assert created.json()["state"] == "ready" and created.json()["pinned"]
-            assert client.post(LORAS, json=spec, headers=auth).status_code == 200
-            conflict = client.post(LORAS, json={**spec, "source": str(adapter_root / "travel")}, headers=auth)
-            assert conflict.status_code == 409
-            outside = client.post(LORAS, json={"name": "x", "source": "/etc"}, headers=auth)
-            assert outside.status_code == 400 and "not under an adapter root" in outside.text
-            bad = client.post(LORAS, json={"name": "a/b", "source": str(adapter_root / "retail")}, headers=auth)
-            assert bad.status_code == 400
-            listed = client.get(f"/v1/models/{DEMO_MODEL}", headers=auth).json()["loras"]
-            assert {"shop", "legal"} <= {entry["name"] for entry in listed}
-            body = {"items": [{"text": TEXT}], "params": {"options": {"lora_id": "shop"}}}
-            assert client.post(ENCODE, json=body, headers={**auth, **JSON}).status_code == 200
-            assert client.delete(f"{LORAS}/shop").status_code == 401
-            assert client.delete(f"{LORAS}/shop", headers=auth).json() == {"model": DEMO_MODEL, "unloaded": "shop"}
-            gone = client.post(ENCODE, json=body, headers={**auth, **JSON})
-            assert gone.status_code == 400 and "unknown lora_id 'shop'" in gone.text
-            assert client.delete(f"{LORAS}/shop", headers=auth).status_code == 404
-            assert "shop" not in served.adapters.entries
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        spec = {"name": "shop", "source": str(adapter_root / "retail"), "pin": True}
+        assert client.post(LORAS, json=spec).status_code == 401
+        created = client.post(LORAS, json=spec, headers=auth)
+        assert created.status_code == 201, created.text
+        assert created.json()["state"] == "ready" and created.json()["pinned"]
+        assert client.post(LORAS, json=spec, headers=auth).status_code == 200
+        conflict = client.post(LORAS, json={**spec, "source": str(adapter_root / "travel")}, headers=auth)
+        assert conflict.status_code == 409
+        outside = client.post(LORAS, json={"name": "x", "source": "/etc"}, headers=auth)
+        assert outside.status_code == 400 and "not under an adapter root" in outside.text
+        bad = client.post(LORAS, json={"name": "a/b", "source": str(adapter_root / "retail")}, headers=auth)
+        assert bad.status_code == 400
+        listed = client.get(f"/v1/models/{DEMO_MODEL}", headers=auth).json()["loras"]
+        assert {"shop", "legal"} <= {entry["name"] for entry in listed}
+        body = {"items": [{"text": TEXT}], "params": {"options": {"lora_id": "shop"}}}
+        assert client.post(ENCODE, json=body, headers={**auth, **JSON}).status_code == 200
+        assert client.delete(f"{LORAS}/shop").status_code == 401
+        assert client.delete(f"{LORAS}/shop", headers=auth).json() == {"model": DEMO_MODEL, "unloaded": "shop"}
+        gone = client.post(ENCODE, json=body, headers={**auth, **JSON})
+        assert gone.status_code == 400 and "unknown lora_id 'shop'" in gone.text
+        assert client.delete(f"{LORAS}/shop", headers=auth).status_code == 404
+        assert "shop" not in served.adapters.entries

@@ -97,7 +97,8 @@ def test_query_template_applies_only_to_queries(demo_server):
     ({"items": [{"text": "a\x00b"}]}, ["NUL"]),
     ({"items": "text"}, ["items"]),
     ([{"text": "a"}], ["object"]),
-    ({"items": [{"text": "a"}], "params": {"options": {"profile": "tax"}}}, ["unknown profile 'tax'", "legal, medical"]),
+    ({"items": [{"text": "a"}], "params": {"options": {"profile": "tax"}}},
+     ["unknown profile 'tax'", "legal, medical"]),
     ({"items": [{"text": "a"}], "params": {"options": {"lora_id": "tax"}}},
      ["unknown lora_id 'tax'", "finance, legal, medical"]),
     ({"items": [{"text": "a"}], "params": {"output_types": ["sparse"]}}, ["params.output_types", "'dense'"]),
@@ -186,7 +187,8 @@ def test_unauthorized(demo_config):
         assert_error(wrong, 401, "UNAUTHORIZED")
         ok = encode_json(live.url, {"items": [{"text": "a"}]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
-        assert httpx.get(live.url + "/healthz").status_code == 200 and httpx.get(live.url + "/readyz").status_code == 200
+        assert httpx.get(live.url + "/healthz").status_code == 200
+        assert httpx.get(live.url + "/readyz").status_code == 200
 
 
 def test_body_over_limit_is_413(demo_config):

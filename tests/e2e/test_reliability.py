@@ -20,8 +20,17 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import (DEMO_MODEL, DEMO_YAML, REPO, LiveServer, build_app, free_port, make_gated_backend,
-                            poll_while_loading, wait_ready)
+from tests.conftest import (
+    DEMO_MODEL,
+    DEMO_YAML,
+    REPO,
+    LiveServer,
+    build_app,
+    free_port,
+    make_gated_backend,
+    poll_while_loading,
+    wait_ready,
+)
 
 ENCODE = f"/v1/encode/{DEMO_MODEL}"
 JSON = "application/json"

@@ -11,10 +11,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.backends.base import TokenBatch
-from server.batching import Batcher, BatchLimits, plan_batch
 from server import errors
 from server.api.errors import from_domain
+from server.backends.base import TokenBatch
+from server.batching import Batcher, BatchLimits, plan_batch
 
 
 def test_head_always_included_even_when_over_budget():

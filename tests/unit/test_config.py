@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.config import ConfigError, load_server_settings, load_model_config
+from server.config import ConfigError, load_model_config, load_server_settings
 
 BASE = """
 name: org/model

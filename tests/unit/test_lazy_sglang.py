@@ -7,7 +7,8 @@ import sys
 
 
 def test_default_server_never_imports_sglang():
-    code = ("import sys, server.cli, server.api.app, server.backends, server.backends.torch_backend, server.local_model, server.build;"
+    code = ("import sys, server.cli, server.api.app, server.backends, server.backends.torch_backend;"
+            "import server.local_model, server.build;"
             "from server.backends import resolve_backend_kind; resolve_backend_kind('auto', 'cpu');"
             "assert 'sglang' not in sys.modules, 'sglang imported'")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sie_sdk._msgpack import unpackb as sdk_unpackb
 
-from server.api.wire import decode_body, dump_json, pack, wants_json
 from server.api.errors import ApiError
+from server.api.wire import decode_body, dump_json, pack, wants_json
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, np.int8, np.uint8])
