@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from server import errors
-from server.adapters.policy import DynamicSources
+from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
 from server.backends.base import Backend
 from server.batching import Batcher, BatchLimits
@@ -69,9 +69,10 @@ class LocalModel:
             progress.step("base model")
             roots = await asyncio.to_thread(lambda: tuple(
                 resolve_source(root, kind="adapter root") for root in config.lora_roots + self.settings.lora_roots))
-            catalog = {} if config.adapters.preload else dict(config.adapters.lora_paths)
-            await self.adapters.open(sources=DynamicSources(roots, config.lora_allow + self.settings.lora_allow),
-                                     preload=preload, catalog=catalog,
+            sources = AdapterSources(
+                catalog={} if config.adapters.preload else dict(config.adapters.lora_paths),
+                dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
+            await self.adapters.open(sources=sources, preload=preload,
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
         self.state = ModelState.READY
 

@@ -1,4 +1,5 @@
-"""Where a dynamic adapter may come from: a folder under a configured root, or a hub id on an allow-list.
+"""Where an adapter that is not resident may come from: the configured catalog (scale-out replicas load
+`lora_paths` on demand), a folder under a configured root, or a hub id on an allow-list.
 
 Default: nowhere (only preloaded adapters). Local ids are single folder names; `..`, absolute paths
 and symlinks that leave the root are refused. Hub ids must match a `lora_allow` glob such as `org/*`.
@@ -9,8 +10,10 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
 
@@ -78,3 +81,24 @@ class DynamicSources:
         if source.startswith(("/", ".", "~")):
             return self._local(Path(source).expanduser())
         return self._hub(source)
+
+
+@dataclass(frozen=True)
+class AdapterSources:
+    """The catalog first, then the dynamic sources."""
+
+    catalog: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    dynamic: DynamicSources = field(default_factory=DynamicSources)
+
+    def locate(self, name: str) -> str:
+        """The source `name` loads from; raises SourceRefused saying why it may not be loaded."""
+        source = self.catalog.get(name)
+        if source is None:
+            source = self.dynamic.locate(name)
+        if source is None:
+            raise SourceRefused("not preloaded and not found under any adapter root")
+        return source
+
+    def describe(self) -> str:
+        configured = f"configured: {', '.join(sorted(self.catalog))}; " if self.catalog else ""
+        return f"{configured}dynamic sources: {self.dynamic.describe()}"

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from server import errors
 from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState, Lease
-from server.adapters.policy import DynamicSources, SourceRefused
+from server.adapters.policy import AdapterSources, SourceRefused
 from server.backends.base import Backend
 from server.config import ConfigError
 from server.lora.peft_format import LoraAdapter, load_peft_adapter
@@ -33,8 +33,7 @@ class AdapterRegistry:
         self.capacity = capacity  # max_loras_per_model: resident adapters, and so backend slots
         self.max_rank = max_rank
         self.failure_ttl_s = failure_ttl_s
-        self.sources = DynamicSources()
-        self.catalog: Mapping[str, str] = {}  # configured adapters loaded on first use (scale-out replicas)
+        self.sources = AdapterSources()
         self.entries: dict[str, AdapterEntry] = {}
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
         self._load_lock = asyncio.Lock()
@@ -42,11 +41,11 @@ class AdapterRegistry:
         self._tasks: set[asyncio.Task] = set()
 
     # -- start -----------------------------------------------------------------------------------
-    async def open(self, *, sources: DynamicSources, preload: Mapping[str, str], catalog: Mapping[str, str],
+    async def open(self, *, sources: AdapterSources, preload: Mapping[str, str],
                    on_loaded: Callable[[str], None] = lambda name: None) -> None:
         """Set the source policy and make every preloaded adapter resident (pinned); raises on the first
         adapter that cannot be served."""
-        self.sources, self.catalog = sources, catalog
+        self.sources = sources
         if len(preload) > self.capacity:
             raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
                               f"({self.capacity})")
@@ -68,7 +67,7 @@ class AdapterRegistry:
         return sorted(n for n, e in self.entries.items() if e.ready)
 
     def known(self, name: str) -> bool:
-        return name in self.entries or name in self.catalog
+        return name in self.entries or name in self.sources.catalog
 
     def describe(self) -> list[dict]:
         return [self.entries[name].describe() for name in sorted(self.entries)]
@@ -106,16 +105,13 @@ class AdapterRegistry:
             raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
 
     def source_for(self, name: str) -> str:
-        """Where a non-resident adapter would load from (the catalog, then dynamic sources), else raise."""
-        source = self.catalog.get(name)
-        if source is None:
-            try:
-                source = self.sources.locate(name)
-            except SourceRefused as exc:
-                raise self._unknown(name, str(exc)) from None
-        if source is None:
-            raise self._unknown(name, "not preloaded and not found under any adapter root")
-        return source
+        """Where a non-resident adapter would load from, else UnknownAdapter naming what is allowed."""
+        try:
+            return self.sources.locate(name)
+        except SourceRefused as exc:
+            raise errors.UnknownAdapter(f"unknown lora_id {name!r} for model {self.model!r}: {exc}; "
+                                        f"loaded: {', '.join(self.names()) or 'none'}; "
+                                        f"{self.sources.describe()}") from None
 
     def _find_or_start(self, name: str) -> AdapterEntry:
         entry = self.entries.get(name)
@@ -128,17 +124,11 @@ class AdapterRegistry:
             return entry
         return self._start_load(name, self.source_for(name), pinned=False)
 
-    def _unknown(self, name: str, reason: str) -> errors.UnknownAdapter:
-        on_demand = f"configured: {', '.join(sorted(self.catalog))}; " if self.catalog else ""
-        return errors.UnknownAdapter(f"unknown lora_id {name!r} for model {self.model!r}: {reason}; "
-                                     f"loaded: {', '.join(self.names()) or 'none'}; {on_demand}"
-                                     f"dynamic sources: {self.sources.describe()}")
-
     # -- admin path ------------------------------------------------------------------------------
     async def load(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
         """Load (or find) an adapter and wait for it; returns (description, created)."""
         try:
-            checked = self.sources.check_source(source)
+            checked = self.sources.dynamic.check_source(source)
         except SourceRefused as exc:
             raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}") from None
         entry = self.entries.get(name)

@@ -1,5 +1,5 @@
 """One encoder replica's own `/metrics` listener, so every replica is a scrape target (Prometheus, the
-inference gateway's vLLM-named series). Rendering runs on the replica's event loop, where the engine's
+inference gateway's vLLM-named series). Rendering runs on the replica's event loop, where the model's
 state lives; the stdlib server thread only waits for it."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What a scale-out deployment needs, as one frozen (and cloudpickle-able) value: the loaded model and
-engine configs plus replica shape. Built from `launch.py --replicas N` or from `serve run` builder args."""
+server settings plus replica shape. Built from `launch.py --replicas N` or from `serve run` builder args."""
 
 from __future__ import annotations
 
