@@ -77,3 +77,23 @@ def test_preloads_over_capacity_are_a_config_error(demo_config, demo_dirs):
 
     with pytest.raises(ConfigError, match="3 preloaded adapters exceed max_loras_per_model"):
         asyncio.run(load_model(demo_config, ServerSettings(max_loras_per_model=2), backend="torch"))
+
+
+def test_each_preloaded_adapter_is_read_once_at_start(demo_config, demo_dirs, monkeypatch):
+    """The registry reads every adapter file once and hands the tensors to the backend (no preflight
+    pass, no second read inside the backend)."""
+    from server.adapters import registry
+
+    reads = []
+    real = registry.load_peft_adapter
+
+    def counting(name, folder, **kwargs):
+        reads.append(name)
+        return real(name, folder, **kwargs)
+
+    monkeypatch.setattr(registry, "load_peft_adapter", counting)
+    from tests.conftest import loaded_model
+
+    model = loaded_model(demo_config)
+    asyncio.run(model.backend.close())
+    assert sorted(reads) == ["finance", "legal", "medical"]
