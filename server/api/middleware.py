@@ -1,5 +1,5 @@
 """Request context: a request id on every response (echoed or generated), one access-log line per
-request that carries it, and bounded body reading."""
+request that carries it, a JSON 500 naming it for anything no handler answered, and bounded body reading."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import uuid
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.api.errors import body_too_large
+from server.api.errors import ApiError, body_too_large, send_error
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("server.access")
+log = logging.getLogger(__name__)
 
 
 def replica_id() -> str:
@@ -38,10 +39,11 @@ class RequestContextMiddleware:
         incoming = dict(scope.get("headers") or []).get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
-        started, status = time.perf_counter(), [500]
+        started, status, answered = time.perf_counter(), [500], [False]
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
+                answered[0] = True
                 status[0] = message["status"]
                 headers = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
                 if not any(name.lower() == b"x-replica-id" for name, _ in headers):  # a scale-out route named it
@@ -51,6 +53,11 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error (request %s)", rid)
+            if not answered[0]:  # else the client already has a status line; the connection just ends
+                error = ApiError(500, "INTERNAL_ERROR", f"internal error (request id {rid})")
+                await send_error(scope, send_with_id, error)
         finally:
             duration_ms = (time.perf_counter() - started) * 1e3
             client = scope.get("client") or ("-", 0)

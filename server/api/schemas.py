@@ -1,5 +1,6 @@
 """Pydantic models for request bodies (the HTTP edge only). Both encode APIs parse their options through
-`OptionsIn` into the core's typed `EncodeRequest`; unknown fields are ignored."""
+`OptionsIn` into the core's typed `EncodeRequest`. An unknown option or OpenAI field is a 400 that names
+the known ones (a misspelled `lora_id` must never mean base vectors); other unknown SIE fields are ignored."""
 
 from __future__ import annotations
 
@@ -29,6 +30,12 @@ class _Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+def _refuse_unknown(data: Any, known, what: str) -> None:
+    unknown = sorted(str(key) for key in data if key not in known) if isinstance(data, dict) else []
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(map(repr, unknown))}; known: {', '.join(sorted(known))}")
+
+
 def _text(value: str) -> str:
     if value == "":
         raise ValueError("text must not be empty")
@@ -49,6 +56,7 @@ class OptionsIn(_Lenient):
     @model_validator(mode="before")
     @classmethod
     def _types(cls, data: Any) -> Any:
+        _refuse_unknown(data, OPTION_TYPES, "option(s)")
         for key, (kind, label) in OPTION_TYPES.items():
             value = data.get(key) if isinstance(data, dict) else None
             # bool is an int subclass: a flag must not pass as a dimension and vice versa.
@@ -107,6 +115,12 @@ class EmbeddingsIn(_Lenient):
     user: StrictStr | None = None
     is_query: StrictBool | None = None
     instruction: StrictStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        _refuse_unknown(data, cls.model_fields, "field(s)")
+        return data
 
     @field_validator("input")
     @classmethod

@@ -1,4 +1,6 @@
-"""Wire formats: msgpack bodies with msgpack-numpy arrays (bytes keys, as the SIE SDK expects) and JSON."""
+"""Wire formats: msgpack bodies with msgpack-numpy arrays (bytes keys, as the SIE SDK expects) and JSON.
+A decoded body is refused (400) when it nests deeper than MAX_DEPTH or holds a string that is not valid
+Unicode (a lone surrogate from a JSON escape), so neither can reach a parser or the tokenizer."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 
 from server.api.errors import invalid_input
 
+MAX_DEPTH = 32  # our bodies nest 5 levels; anything far deeper is an attack or a bug
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
 
@@ -55,10 +58,41 @@ def decode_body(raw: bytes, content_type: str | None) -> Any:
         raise invalid_input("empty request body")
     if is_msgpack(content_type):
         try:
-            return msgpack.unpackb(raw, raw=False, strict_map_key=True)
+            body = msgpack.unpackb(raw, raw=False, strict_map_key=True)
         except Exception as exc:  # msgpack raises several unrelated types for corrupt input
             raise invalid_input(f"malformed msgpack body ({type(exc).__name__})") from None
+    else:
+        try:
+            body = json.loads(raw)
+        except RecursionError:
+            raise invalid_input(f"JSON body nests deeper than {MAX_DEPTH} levels") from None
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise invalid_input(f"malformed JSON body: {exc}") from None
+    check_structure(body)
+    return body
+
+
+def check_structure(value: Any) -> None:
+    """Depth and Unicode of every key and value, iteratively (a recursive walk could itself overflow)."""
+    stack = [(value, 1, "body")]
+    while stack:
+        node, depth, where = stack.pop()
+        if depth > MAX_DEPTH:
+            raise invalid_input(f"request body nests deeper than {MAX_DEPTH} levels")
+        if isinstance(node, str):
+            _check_text(node, where)
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str):
+                    _check_text(key, where)
+                stack.append((item, depth + 1, f"{where}.{key}" if isinstance(key, str) else where))
+        elif isinstance(node, list):
+            stack.extend((item, depth + 1, f"{where}.{i}") for i, item in enumerate(node))
+
+
+def _check_text(text: str, where: str) -> None:
     try:
-        return json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise invalid_input(f"malformed JSON body: {exc}") from None
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise invalid_input(f"{where}: invalid Unicode at character {exc.start} (a lone surrogate such as "
+                            f"\\ud800 is not text)") from None

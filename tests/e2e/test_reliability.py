@@ -104,6 +104,50 @@ def test_invalid_utf8(server):
     assert server.served.batcher.batches_run == before
 
 
+def nested(depth: int):
+    value = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+MALFORMED = [  # (raw body, content type, API path): each must be a 400 in its API's shape, with a request id
+    (rb'{"items": [{"text": "a\ud800b"}]}', JSON, ENCODE),
+    (rb'{"items": [{"text": "a"}], "params": {"instruction": "\udfff"}}', JSON, ENCODE),
+    (rb'{"items": [{"text": "a", "\ud800": 1}]}', JSON, ENCODE),
+    (b"\x81\xa5items\x91\x81\xa4text\xa3\xed\xa0\x80", MSGPACK, ENCODE),  # UTF-8-encoded surrogate
+    (rb'{"model": "demo/qwen3-tiny", "input": ["ok", "\ud800"]}', JSON, "/v1/embeddings"),
+    (b"[" * 100_000 + b"]" * 100_000, JSON, ENCODE),
+    (b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", JSON, "/v1/embeddings"),
+    (json.dumps({"items": [{"text": "a"}], "params": {"extra": nested(40)}}).encode(), JSON, ENCODE),
+    (msgpack.packb({"items": [{"text": "a"}], "params": {"extra": nested(40)}}), MSGPACK, ENCODE),
+]
+
+
+@pytest.mark.parametrize("raw, content_type, path", MALFORMED)
+def test_invalid_unicode_and_deep_nesting_are_400(server, raw, content_type, path):
+    before = server.served.batcher.batches_run
+    response = send(server.url, raw, content_type, path=path, **{"X-Request-ID": "req-malformed"})
+    assert response.status_code == 400, response.text
+    assert response.headers["X-Request-ID"] == "req-malformed"
+    body = response.json()
+    code = body["error"]["code"] if path == "/v1/embeddings" else body["detail"]["code"]
+    assert code == "INVALID_INPUT"
+    assert server.served.batcher.batches_run == before
+
+
+def test_misspelled_option_is_400_naming_the_known_ones(server):
+    body = {"items": [{"text": "a"}], "params": {"options": {"lora_name": "legal"}}}
+    for content_type in (JSON, MSGPACK):
+        response = send(server.url, body, content_type)
+        assert response.status_code == 400
+        message = response.json()["detail"]["message"]
+        assert "'lora_name'" in message and "lora_id" in message and "profile" in message
+    openai = send(server.url, {"model": DEMO_MODEL, "input": "a", "lora_id": "legal"}, JSON, path="/v1/embeddings")
+    assert openai.status_code == 400
+    assert "'lora_id'" in openai.json()["error"]["message"] and "encoding_format" in openai.json()["error"]["message"]
+
+
 def test_whitespace_and_huge_text(server):
     assert send(server.url, {"items": [{"text": "   "}]}, JSON).status_code == 200  # documented: embedded as is
     long = send(server.url, {"items": [{"text": "word " * 20_000}]}, MSGPACK)  # 100k characters: truncated
