@@ -50,6 +50,10 @@ class AdapterConflict(ServingError):
     """An admin load that names a resident adapter with another source."""
 
 
+class AdapterPinned(ServingError):
+    """An admin unload of an adapter the model config preloads (it needs `force`)."""
+
+
 class ModelLoading(ServingError):
     """The model is still starting."""
 

@@ -78,10 +78,11 @@ class AdapterCatalog(Protocol):
 
 
 class AdapterAdmin(Protocol):
-    async def load(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
-        """Load (or find) and wait; returns (description, created)."""
+    async def load(self, name: str, source: str | None = None, *, pin: bool = False) -> tuple[dict, bool]:
+        """Load (or find) and wait; returns (description, created). No source: the configured one."""
 
-    async def unload(self, name: str) -> None: ...
+    async def unload(self, name: str, *, force: bool = False) -> None:
+        """A preloaded adapter answers AdapterPinned unless `force`."""
 
 
 class ServedModel(Protocol):

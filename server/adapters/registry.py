@@ -34,6 +34,7 @@ class AdapterRegistry:
         self.max_rank = max_rank
         self.failure_ttl_s = failure_ttl_s
         self.sources = AdapterSources()
+        self.configured: Mapping[str, str] = {}  # preloaded from the model config: restorable by name
         self.entries: dict[str, AdapterEntry] = {}
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
         self._load_lock = asyncio.Lock()
@@ -45,7 +46,7 @@ class AdapterRegistry:
                    on_loaded: Callable[[str], None] = lambda name: None) -> None:
         """Set the source policy and make every preloaded adapter resident (pinned); raises on the first
         adapter that cannot be served."""
-        self.sources = sources
+        self.sources, self.configured = sources, dict(preload)
         if len(preload) > self.capacity:
             raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
                               f"({self.capacity})")
@@ -67,10 +68,17 @@ class AdapterRegistry:
         return sorted(n for n, e in self.entries.items() if e.ready)
 
     def known(self, name: str) -> bool:
-        return name in self.entries or name in self.sources.catalog
+        return name in self.entries or name in self.configured or name in self.sources.catalog
 
     def describe(self) -> list[dict]:
-        return [self.entries[name].describe() for name in sorted(self.entries)]
+        """Every entry, and each configured adapter that was unloaded (state `unloaded`, restorable)."""
+        described = {name: entry.describe() for name, entry in self.entries.items()}
+        for name, source in self.configured.items():
+            described.setdefault(name, {"name": name, "state": "unloaded", "source": source, "pinned": False,
+                                        "rank": None, "target_modules": [], "bytes": None, "last_used": None,
+                                        "in_flight": 0, "cause": "unloaded by an operator; a request for it, or "
+                                                                 "POST .../loras {\"name\": ...}, restores it"})
+        return [described[name] for name in sorted(described)]
 
     def slot_of(self, name: str) -> int | None:
         entry = self.entries.get(name)
@@ -106,6 +114,8 @@ class AdapterRegistry:
 
     def source_for(self, name: str) -> str:
         """Where a non-resident adapter would load from, else UnknownAdapter naming what is allowed."""
+        if name in self.configured:
+            return self.configured[name]
         try:
             return self.sources.locate(name)
         except SourceRefused as exc:
@@ -122,15 +132,20 @@ class AdapterRegistry:
             entry = None
         if entry is not None:
             return entry
-        return self._start_load(name, self.source_for(name), pinned=False)
+        return self._start_load(name, self.source_for(name), pinned=name in self.configured)
 
     # -- admin path ------------------------------------------------------------------------------
-    async def load(self, name: str, source: str, *, pin: bool = False) -> tuple[dict, bool]:
-        """Load (or find) an adapter and wait for it; returns (description, created)."""
-        try:
-            checked = self.sources.dynamic.check_source(source)
-        except SourceRefused as exc:
-            raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}") from None
+    async def load(self, name: str, source: str | None = None, *, pin: bool = False) -> tuple[dict, bool]:
+        """Load (or find) an adapter and wait for it; returns (description, created). Without a source,
+        from where the model's config says (a preloaded adapter comes back pinned)."""
+        if source is None:
+            source = checked = self.source_for(name)
+            pin = pin or name in self.configured
+        else:
+            try:
+                checked = self.sources.dynamic.check_source(source)
+            except SourceRefused as exc:
+                raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}") from None
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
             del self.entries[name]
@@ -146,12 +161,17 @@ class AdapterRegistry:
         entry.pinned = entry.pinned or pin
         return entry.describe(), created
 
-    async def unload(self, name: str, *, eviction: bool = False) -> None:
+    async def unload(self, name: str, *, eviction: bool = False, force: bool = False) -> None:
         """Stop admitting requests for `name`, wait for its in-flight rows, then drop it. `eviction`: an
-        outside LRU (scale-out's) chose it, so it counts as one."""
+        outside LRU (scale-out's) chose it, so it counts as one. A preloaded adapter needs `force`."""
         entry = self.entries.get(name)
         if entry is None:
             raise errors.AdapterNotFound(f"adapter {name!r} is not loaded for model {self.model!r}")
+        if name in self.configured and not (force or eviction):
+            raise errors.AdapterPinned(
+                f"adapter {name!r} is preloaded by the model config (lora_paths) and pinned; profiles and "
+                f"clients rely on it. Unload it anyway with ?force=true; a request for it, or POST "
+                f".../loras {{\"name\": \"{name}\"}}, loads it back from {self.configured[name]!r}")
         await entry.settled.wait()
         if entry.ready:
             entry.state = AdapterState.UNLOADING

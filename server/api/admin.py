@@ -22,7 +22,7 @@ router = APIRouter()
 class LoadLoraIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: StrictStr
-    source: StrictStr
+    source: StrictStr | None = None  # None: where the model's config says (lora_paths, catalog, adapter roots)
     pin: StrictBool = False
 
 
@@ -76,8 +76,9 @@ async def load_lora(model: str, request: Request) -> JSONResponse:
 
 
 @router.delete("/v1/models/{model:path}/loras/{name}")
-async def unload_lora(model: str, name: str, request: Request) -> dict:
-    await admin_of(context(request).model(model)).unload(name)
+async def unload_lora(model: str, name: str, request: Request, force: bool = False) -> dict:
+    """A preloaded adapter answers 409 LORA_PINNED unless `?force=true`."""
+    await admin_of(context(request).model(model)).unload(name, force=force)
     return {"model": model, "unloaded": name}
 
 

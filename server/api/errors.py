@@ -23,6 +23,7 @@ STATUS_TABLE: dict[type[errors.ServingError], tuple[int, str, int | None]] = {
     errors.ModelNotFound: (404, "MODEL_NOT_FOUND", None),
     errors.AdapterNotFound: (404, "LORA_NOT_FOUND", None),
     errors.AdapterConflict: (409, "LORA_CONFLICT", None),
+    errors.AdapterPinned: (409, "LORA_PINNED", None),
     errors.ModelLoadFailed: (502, "MODEL_LOAD_FAILED", None),
     errors.ModelLoading: (503, "MODEL_LOADING", 5),
     errors.AdapterLoading: (503, "LORA_LOADING", 1),

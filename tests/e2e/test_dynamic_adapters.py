@@ -242,3 +242,30 @@ def test_admin_api(demo_config, adapter_root):
         assert gone.status_code == 400 and "unknown lora_id 'shop'" in gone.text
         assert client.delete(f"{LORAS}/shop", headers=auth).status_code == 404
         assert "shop" not in served.adapters.entries
+
+
+def test_preloaded_adapters_are_pinned_and_restorable(demo_config, adapter_root):
+    """DELETE of a preloaded adapter is 409 with the reason; forced, it shows as unloaded (lists and
+    readiness stay true) and comes back from its configured source without a restart."""
+    app, served = build_app(dynamic_config(demo_config, adapter_root))
+    query = {"items": [{"text": TEXT}], "params": {"options": {"profile": "legal"}}}
+    with LiveServer(app) as live, httpx.Client(base_url=live.url, timeout=60) as client:
+        before = client.post(ENCODE, json=query, headers=JSON).json()["items"][0]["dense"]["values"]
+        refused = client.delete(f"{LORAS}/legal")
+        assert refused.status_code == 409 and refused.json()["detail"]["code"] == "LORA_PINNED"
+        reason = refused.json()["detail"]["message"]
+        assert "preloaded" in reason and "force=true" in reason
+        listed = {e["name"]: e for e in client.get(f"/v1/models/{DEMO_MODEL}").json()["loras"]}
+        assert listed["legal"]["state"] == "ready" and listed["legal"]["pinned"]
+        assert client.delete(f"{LORAS}/legal", params={"force": "true"}).status_code == 200
+        listed = {e["name"]: e for e in client.get(f"/v1/models/{DEMO_MODEL}").json()["loras"]}
+        assert listed["legal"]["state"] == "unloaded" and listed["legal"]["source"]
+        assert client.get("/readyz").status_code == 200
+        restored = client.post(LORAS, json={"name": "legal"})
+        assert restored.status_code == 201 and restored.json()["state"] == "ready" and restored.json()["pinned"]
+        after = client.post(ENCODE, json=query, headers=JSON).json()["items"][0]["dense"]["values"]
+        assert after == before
+        assert client.delete(f"{LORAS}/legal", params={"force": "true"}).status_code == 200
+        again = poll_while_loading(lambda: client.post(ENCODE, json=query, headers=JSON))  # a request restores it
+        assert again.status_code == 200 and again.json()["items"][0]["dense"]["values"] == before
+        assert "legal" in served.adapters.names()
