@@ -120,6 +120,8 @@ class ModelConfig:
         _require(where, "{text}" in self.query_template, "'query_template' must contain {text}")
         _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
         _require(where, self.min_dims >= 1, "'min_dims' must be >= 1")
+        _require(where, self.dims is None or self.min_dims <= self.dims,
+                 f"'min_dims' ({self.min_dims}) must not exceed 'dims' ({self.dims})")
         for profile in self.profiles.values():
             if profile.lora_id is not None and not (self.lora_roots or self.lora_allow):
                 _require(where, profile.lora_id in self.adapters.lora_paths,

@@ -74,7 +74,19 @@ class LocalModel:
                 dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
             await self.adapters.open(sources=sources, preload=preload,
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
+            self._check_profiles()
         self.state = ModelState.READY
+
+    def _check_profiles(self) -> None:
+        """Every profile's adapter must be loadable: preloaded, configured, or found by the source policy."""
+        for profile in self.config.profiles.values():
+            if profile.lora_id is None:
+                continue
+            try:
+                self.adapters.source_for(profile.lora_id)
+            except errors.UnknownAdapter as exc:
+                raise ConfigError(f"{self.config.source_file}: profiles.{profile.name}.lora_id "
+                                  f"{profile.lora_id!r} names no adapter this model can load ({exc})") from None
 
     async def _load_and_record(self) -> None:
         started = time.perf_counter()

@@ -134,3 +134,22 @@ def test_demo_hot_loads_retail_from_its_adapter_root(client):
     base = client.encode(DEMO_MODEL, Item(text="a return policy"))["dense"]
     legal = client.encode(DEMO_MODEL, Item(text="a return policy"), options={"lora_id": "legal"})["dense"]
     assert np.abs(retail - base).max() > 1e-2 and np.abs(retail - legal).max() > 1e-2
+
+
+def test_check_command_names_broken_cross_references(tmp_path, demo_dirs):
+    """A profile naming an adapter that exists nowhere (not preloaded, not under the adapter root) is
+    an error with the file and the key, for check and for serving alike."""
+    root = tmp_path / "root"
+    root.mkdir()
+    yaml_path = tmp_path / "m.yaml"
+    yaml_path.write_text(f"name: m\nmodel_path: {demo_dirs['model']}\nlora_roots: [{root}]\n"
+                         f"profiles:\n  tax:\n    lora_id: taxes\n")
+    for command in (["check"], []):
+        result = launch(*command, "--config", str(yaml_path), "--port", str(free_port()))
+        assert result.returncode == 2, result.stdout
+        assert str(yaml_path) in result.stderr and "profiles.tax.lora_id 'taxes'" in result.stderr
+        assert "not found under any adapter root" in result.stderr
+    bad_dims = tmp_path / "d.yaml"
+    bad_dims.write_text(f"name: d\nmodel_path: {demo_dirs['model']}\ndims: 16\nmin_dims: 32\n")
+    result = launch("check", "--config", str(bad_dims))
+    assert result.returncode == 2 and str(bad_dims) in result.stderr and "'min_dims' (32)" in result.stderr
