@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import httpx
 import numpy as np
@@ -154,7 +155,15 @@ def test_request_id_echoed_and_logged(server):
     assert response.headers["X-Request-ID"] == "trace-42"
     generated = httpx.get(url + "/healthz").headers["X-Request-ID"]
     assert len(generated) == 32
-    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+    def logged() -> list[dict]:
+        return [json.loads(line) for line in log_path.read_text().splitlines() if line.startswith("{")]
+
+    # The access line is written once the response has been sent: wait for it, never read too early.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(line.get("request_id") == generated for line in logged()):
+        time.sleep(0.05)
+    lines = logged()
     access = [line for line in lines if line["logger"] == "server.access"]
     assert any(line["request_id"] == "trace-42" and line["status"] == 200 and line["path"].startswith("/v1/encode")
                for line in access)
