@@ -34,7 +34,7 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -q
 
-# Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and ../shared/spec/SGLANG.md).
+# Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and docs/spec/SGLANG.md).
 test-sglang:
 	bash tests/sglang/setup_venv.sh
 	SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=$(CURDIR)/tests/sglang/stubs .venv-sglang/bin/python -m pytest -q -m sglang tests/sglang

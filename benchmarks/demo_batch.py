@@ -1,6 +1,6 @@
 """ms per forward batch on the demo model: base rows vs rows mixed over the three demo adapters.
 
-Paired per round (variants interleaved, order rotated), median over rounds, as SPEC.md §7 asks.
+Paired per round (variants interleaved, order rotated), median over rounds, as docs/spec/SPEC.md §7 asks.
 Usage: python benchmarks/demo_batch.py [--rows 32] [--tokens 64] [--rounds 30]
 """
 

@@ -2,7 +2,7 @@
 
 A random-weight model with Qwen3-Embedding-0.6B layer shapes and rank-16 adapters; every variant runs
 the same batch, variants interleaved with the order rotated each round, and each overhead is the
-median over rounds of the paired ratio t_variant / t_base - 1 (SPEC.md §7).
+median over rounds of the paired ratio t_variant / t_base - 1 (docs/spec/SPEC.md §7).
 
     python benchmarks/lora_overhead.py --quick --json out.json      # < 3 min on 2 CPU cores
     python benchmarks/lora_overhead.py --layers 28 --device cuda --dtype bfloat16

@@ -1,5 +1,5 @@
-"""HTTP errors: the one table that maps the core's domain errors to a status, a SPEC error code and
-Retry-After, and the two shapes they are answered in: SIE's `{"detail": {"code", "message"}}` and
+"""HTTP errors: the one table that maps the core's domain errors to a status, an error code (docs/spec/SPEC.md
+§2) and Retry-After, and the two shapes they are answered in: SIE's `{"detail": {"code", "message"}}` and
 OpenAI's `{"error": {"message", "type", "param", "code"}}` (on the OpenAI paths)."""
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from tests.conftest import LiveServer, build_app
 
 EXAMPLES = int(os.environ.get("SIE_FUZZ_EXAMPLES", "12"))
 # Not positive_data_acceptance: a schema-valid body can still name an adapter or profile that does not
-# exist, and SPEC.md answers that 400. Every other property below must hold for every example.
+# exist, and docs/spec/SPEC.md answers that 400. Every other property below must hold for every example.
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
           response_headers_conformance, negative_data_rejection]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds .venv-sglang for the real-SGLang-on-CPU test tier (SGLANG.md, "Running real SGLang on a CPU"):
+# Builds .venv-sglang for the real-SGLang-on-CPU test tier (docs/spec/SGLANG.md, "Running real SGLang on a CPU"):
 # CPU torch, this project, sglang 0.5.23 without its GPU dependencies, and the LoRA pin_memory patch.
 # The GPU-only modules sgl_kernel and torchvision are stubbed by tests/sglang/stubs/sitecustomize.py,
 # which only this tier puts on PYTHONPATH. Nothing in server/ depends on any of this.
