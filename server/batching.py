@@ -109,13 +109,18 @@ class Batcher:
                 row.future.set_exception(errors.ShuttingDown("the server is shutting down"))
         self._waiting.clear()
 
-    def submit(self, input_ids: Sequence[Sequence[int]], slot: int | None) -> list[asyncio.Future]:
-        """Queue one request's rows; refuses the whole request when the queue would overflow."""
-        if len(self._waiting) + len(input_ids) > self.limits.max_queue_items:
+    def check_room(self, items: int, tokens: int) -> None:
+        """Raise QueueFull unless `items` rows of `tokens` tokens in all fit now (also used with an upper
+        estimate before tokenising, so an overloaded server refuses before doing the work)."""
+        if len(self._waiting) + items > self.limits.max_queue_items:
             raise errors.QueueFull(f"queue holds {len(self._waiting)} items (limit {self.limits.max_queue_items})")
-        tokens = sum(len(ids) for ids in input_ids)
         if self._waiting_tokens + tokens > self.limits.max_queue_tokens:
             raise errors.QueueFull(f"queue holds {self._waiting_tokens} tokens (limit {self.limits.max_queue_tokens})")
+
+    def submit(self, input_ids: Sequence[Sequence[int]], slot: int | None) -> list[asyncio.Future]:
+        """Queue one request's rows; refuses the whole request when the queue would overflow."""
+        tokens = sum(len(ids) for ids in input_ids)
+        self.check_room(len(input_ids), tokens)
         loop = asyncio.get_running_loop()
         rows = [_Row(ids, slot, loop.create_future()) for ids in input_ids]
         self._waiting.extend(rows)

@@ -146,14 +146,25 @@ class LocalModel:
         finally:
             self.adapters.release(lease)
 
-    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
-        t0 = time.perf_counter()
+    def _prepare(self, texts: Sequence[str], options: EncodeOptions) -> tuple[list[str], int]:
+        """Rendered and clipped to what `max_seq_len` tokens can come from, with an upper bound of their
+        tokens (UTF-8 bytes, capped) to admit them by before any tokenising is done."""
+        limit = self.backend.info.max_input_tokens
         rendered = [self.tokenizer.render(t, is_query=options.is_query, instruction=options.instruction)
                     for t in texts]
-        tokenize = functools.partial(self.tokenizer.tokenize, rendered, overflow=options.overflow_policy,
+        clipped = self.tokenizer.clip(rendered, overflow=options.overflow_policy, limit=limit)
+        cap = self.tokenizer.max_tokens(limit)
+        return clipped, sum(min(len(t.encode("utf-8")) + 2, cap) for t in clipped)
+
+    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
+        t0 = time.perf_counter()
+        # Short inputs are prepared faster than a thread hop costs; long ones must not block the event loop.
+        inline = sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS
+        prepare = functools.partial(self._prepare, texts, options)
+        clipped, most_tokens = prepare() if inline else await asyncio.to_thread(prepare)
+        self.batcher.check_room(len(clipped), most_tokens)
+        tokenize = functools.partial(self.tokenizer.tokenize, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
-        # Short inputs tokenise faster than a thread hop costs; long ones must not block the event loop.
-        inline = sum(map(len, rendered)) <= INLINE_TOKENIZE_CHARS
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
         t1 = time.perf_counter()
         futures = self.batcher.submit(tokenized.input_ids, slot)

@@ -1,4 +1,5 @@
-"""Server-side tokenisation: query template, pooling EOS appended, truncation that keeps the EOS."""
+"""Server-side tokenisation: query template, pooling EOS appended, truncation that keeps the EOS, and
+bounded work: text past what `max_seq_len` tokens can cover is cut before the tokenizer sees it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,8 @@ class TextTokenizer:
         self.query_template = query_template
         self.default_instruction = default_instruction
         self.eos_id = self._find_eos(hf_tokenizer, eos_token)
+        # A token covers at most this many characters (byte-level vocabularies: one character per byte).
+        self.max_token_chars = max((len(token) for token in hf_tokenizer.get_vocab()), default=64)
 
     @staticmethod
     def _find_eos(tokenizer, eos_token: str | None) -> int:
@@ -53,9 +56,26 @@ class TextTokenizer:
         chosen = instruction if instruction is not None else (self.default_instruction or "")
         return self.query_template.replace("{instruction}", chosen).replace("{text}", text)
 
+    def max_tokens(self, limit: int | None) -> int:
+        return min(self.max_seq_len, limit) if limit else self.max_seq_len
+
+    def clip(self, texts: Sequence[str], *, overflow: str = "truncate", limit: int | None = None) -> list[str]:
+        """Each text cut to what its first `max_tokens` tokens can come from. Past `max_tokens` times the
+        longest token's length a text surely overflows; twice that keeps the cut far from the tokens
+        kept, so truncation gives the tokens of the whole text."""
+        max_len = self.max_tokens(limit)
+        surely_over = max_len * self.max_token_chars
+        for index, text in enumerate(texts):
+            if overflow == "error" and len(text) > surely_over:
+                raise errors.InputTooLong(
+                    f"item {index} has more than {max_len} tokens ({len(text)} characters), over the limit of "
+                    f"{max_len} (overflow_policy is 'error'; use 'truncate' to cut it)")
+        return [text[:2 * surely_over] for text in texts]
+
     def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate", limit: int | None = None) -> Tokenized:
-        max_len = min(self.max_seq_len, limit) if limit else self.max_seq_len
-        encoded = self.hf(list(texts), add_special_tokens=True, return_attention_mask=False)["input_ids"]
+        max_len = self.max_tokens(limit)
+        clipped = self.clip(texts, overflow=overflow, limit=limit)
+        encoded = self.hf(clipped, add_special_tokens=True, return_attention_mask=False)["input_ids"]
         rows, truncated = [], []
         for index, ids in enumerate(encoded):
             content = ids[:-1] if ids and ids[-1] == self.eos_id else ids

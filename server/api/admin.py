@@ -12,7 +12,7 @@ from server.api.context import AppContext, context
 from server.api.errors import invalid_input
 from server.api.middleware import read_body
 from server.api.schemas import validate
-from server.api.wire import decode_body
+from server.api.wire import decode
 from server.config import valid_adapter_name
 from server.served_model import AdapterAdmin, ServedModel
 
@@ -33,8 +33,8 @@ class VllmLoraIn(BaseModel):
 
 
 async def parse(request: Request, model: type[BaseModel]):
-    body = decode_body(await read_body(request, context(request).settings.max_body_bytes),
-                       request.headers.get("content-type"))
+    body = await decode(await read_body(request, context(request).settings.max_body_bytes),
+                        request.headers.get("content-type"))
     return validate(model, body)
 
 

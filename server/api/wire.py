@@ -4,6 +4,7 @@ Unicode (a lone surrogate from a JSON escape), so neither can reach a parser or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 
 from server.api.errors import invalid_input
 
+INLINE_BODY_BYTES = 1 << 20  # larger bodies are decoded in a worker thread, off the event loop
 MAX_DEPTH = 32  # our bodies nest 5 levels; anything far deeper is an attack or a bug
 MSGPACK = "application/msgpack"
 MSGPACK_TYPES = ("application/msgpack", "application/x-msgpack")
@@ -51,6 +53,13 @@ def _jsonable(value: Any) -> Any:
 
 def dump_json(obj: Any) -> bytes:
     return json.dumps(obj, default=_jsonable, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def decode(raw: bytes, content_type: str | None) -> Any:
+    """`decode_body`, in a worker thread when the body is large (a 10 MB body must not stall small ones)."""
+    if len(raw) <= INLINE_BODY_BYTES:
+        return decode_body(raw, content_type)
+    return await asyncio.to_thread(decode_body, raw, content_type)
 
 
 def decode_body(raw: bytes, content_type: str | None) -> Any:

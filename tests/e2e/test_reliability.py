@@ -313,3 +313,65 @@ def test_sigterm_drains_then_exits_zero(demo_dirs):
     assert late.headers["Retry-After"] == "1"
     assert outcome["big"].status_code == 200 and len(outcome["big"].json()["items"]) == 2000
     assert code == 0
+
+
+def test_big_bodies_do_not_stall_small_requests(demo_dirs):
+    """Four ~10 MB bodies arriving at once on the demo (a separate `launch.py` process): every small
+    request sent meanwhile is answered within 1 s, and each big one is answered 200 with its 512 tokens."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
+                                "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=120, process=process)
+        big = json.dumps({"items": [{"text": "a reasonably ordinary sentence of words " * 250_000}]}).encode()
+        outcomes, small_latencies = [], []
+        senders = [threading.Thread(target=lambda: outcomes.append(send(url, big, JSON))) for _ in range(4)]
+        for sender in senders:
+            sender.start()
+        while any(sender.is_alive() for sender in senders):
+            started = time.perf_counter()
+            assert send(url, {"items": [{"text": "small"}]}, JSON).status_code == 200
+            small_latencies.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        for sender in senders:
+            sender.join()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert len(big) > 10_000_000 and small_latencies  # at least one small request overlapped the big ones
+    assert max(small_latencies) < 1.0, small_latencies
+    assert [o.status_code for o in outcomes] == [200] * 4
+    assert all(o.json()["usage"]["input_tokens"] == 512 for o in outcomes)
+
+
+def test_overload_is_refused_before_tokenising(demo_config):
+    """With the queue's token room taken, a big request is refused 503 QUEUE_FULL by the upper bound of
+    its tokens at once, not after the tokenizer has read it."""
+    from server.config import ServerSettings
+
+    config = plain_config(demo_config)
+    backend = make_gated_backend()(config, ServerSettings(), "cpu")
+    backend.hold.set()
+    app, served = build_app(config, backend=backend, max_queue_tokens=1000)
+    with LiveServer(app) as live:
+        holder = threading.Thread(target=lambda: send(live.url, {"items": [{"text": "holder"}]}, JSON))
+        holder.start()
+        assert backend.entered.wait(10)
+        queued = threading.Thread(target=lambda: send(live.url, {"items": [{"text": "word " * 600}]}, JSON))
+        queued.start()  # 512 tokens wait in the queue behind the held forward
+        deadline = time.monotonic() + 10
+        while served.batcher.queue_depth == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        calls = []
+        real_tokenize = served.tokenizer.tokenize
+        served.tokenizer.tokenize = lambda *args, **kwargs: calls.append(1) or real_tokenize(*args, **kwargs)
+        started = time.perf_counter()
+        refused = send(live.url, {"items": [{"text": "word " * 2_000_000}]}, JSON)
+        elapsed = time.perf_counter() - started
+        backend.hold.clear()
+        holder.join(30)
+        queued.join(30)
+    assert refused.status_code == 503 and refused.json()["detail"]["code"] == "QUEUE_FULL"
+    assert refused.headers["Retry-After"] == "1" and calls == [] and elapsed < 2.0

@@ -54,3 +54,35 @@ def test_query_template_and_instruction(tokenizer):
     assert tokenizer.render("q", is_query=True, instruction=None) == "Instruct: Default task\nQuery:q"
     assert tokenizer.render("{instruction} {x}", is_query=True, instruction="i") == \
         "Instruct: i\nQuery:{instruction} {x}"
+
+
+LONG_TEXTS = {
+    "words": "the quick brown fox jumps over the lazy dog " * 4000,
+    "one_word": "a" * 300_000,
+    "digits": "0123456789" * 30_000,
+    "cjk": "漢字仮名交じり文" * 40_000,
+    "emoji": "🙂👍🏽 ok " * 40_000,
+    "spaces_then_word": " " * 200_000 + "tail",
+    "mixed": ("Straße café naïve — ₿ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 " * 8000),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LONG_TEXTS))
+def test_clipping_keeps_the_tokens_of_the_whole_text(demo_dirs, kind):
+    """Work is bounded by max_seq_len, not by the text: the tokenizer sees at most 2 x max_len x the
+    longest token's characters, and the kept tokens equal those of the whole text."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(demo_dirs["model"])
+    bounded = TextTokenizer(hf, max_seq_len=512, query_template="{text}", default_instruction=None)
+    text = LONG_TEXTS[kind]
+    (clipped,) = bounded.clip([text])
+    assert len(clipped) <= 2 * 512 * bounded.max_token_chars < len(text) or clipped == text
+    whole = hf([text], add_special_tokens=True)["input_ids"][0][:511] + [EOS]
+    assert bounded.tokenize([text]).input_ids[0] == whole
+
+
+def test_error_policy_refuses_a_huge_text_without_tokenising_it(tokenizer):
+    huge = "word " * 3_000_000  # 15 MB
+    with pytest.raises(errors.InputTooLong, match="more than 8 tokens"):
+        tokenizer.clip([huge], overflow="error")
