@@ -222,6 +222,7 @@ class ServerSettings:
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
     lora_failure_ttl_s: float = 300.0
+    allow_noop_adapters: bool = False  # serve adapters that change no vector (a zero LoRA B, say)
     shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -244,6 +245,17 @@ class ServerSettings:
 SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
 
 
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
 def _coerce(key: str, value: Any, where: str) -> Any:
     kind = SETTINGS_FIELDS[key].type
     try:
@@ -251,6 +263,8 @@ def _coerce(key: str, value: Any, where: str) -> Any:
             return int(value)
         if kind == "float":
             return float(value)
+        if kind == "bool":
+            return _boolean(value)
         if kind == "tuple[str, ...]":
             items = value.split(",") if isinstance(value, str) else list(value)
             return tuple(s.strip() for s in items if str(s).strip())

@@ -28,6 +28,7 @@ from server.tokenization import TextTokenizer, load_tokenizer
 log = logging.getLogger(__name__)
 INLINE_TOKENIZE_CHARS = 4096
 OPERATOR_ERRORS = (ConfigError, AdapterError, SourceError)  # a fix in the config or the files, not a retry
+EFFECT_PROBE = "A probe for the adapter-effect check: court rulings, clinical dosage and quarterly revenue."
 
 
 class LocalModel:
@@ -46,7 +47,8 @@ class LocalModel:
             max_queue_tokens=settings.max_queue_tokens), name=config.name)
         self.adapters = AdapterRegistry(config.name, backend, capacity=settings.max_loras_per_model,
                                         max_rank=config.adapters.max_lora_rank,
-                                        failure_ttl_s=settings.lora_failure_ttl_s)
+                                        failure_ttl_s=settings.lora_failure_ttl_s,
+                                        allow_noop=settings.allow_noop_adapters)
         self.admin = self.adapters
         self._loading: asyncio.Future | None = None
 
@@ -72,7 +74,8 @@ class LocalModel:
             sources = AdapterSources(
                 catalog={} if config.adapters.preload else dict(config.adapters.lora_paths),
                 dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
-            await self.adapters.open(sources=sources, preload=preload,
+            probe = self.tokenizer.tokenize([EFFECT_PROBE]).input_ids[0] if self.backend.info.embeds else None
+            await self.adapters.open(sources=sources, preload=preload, probe=probe,
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
             self._check_profiles()
         self.state = ModelState.READY

@@ -16,22 +16,22 @@ from collections.abc import Callable, Mapping
 
 from server import errors
 from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState, Lease
+from server.adapters.loader import AdapterLoader
 from server.adapters.policy import AdapterSources, SourceRefused
 from server.backends.base import Backend
 from server.config import ConfigError
-from server.lora.peft_format import LoraAdapter, load_peft_adapter
-from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
 ROOM_WAIT_S = 30.0
 
 
 class AdapterRegistry:
-    def __init__(self, model: str, backend: Backend, *, capacity: int, max_rank: int, failure_ttl_s: float):
+    def __init__(self, model: str, backend: Backend, *, capacity: int, max_rank: int, failure_ttl_s: float,
+                 allow_noop: bool = False):
+        self.loader = AdapterLoader(model, backend, max_rank=max_rank, allow_noop=allow_noop)
         self.model = model
         self.backend = backend
         self.capacity = capacity  # max_loras_per_model: resident adapters, and so backend slots
-        self.max_rank = max_rank
         self.failure_ttl_s = failure_ttl_s
         self.sources = AdapterSources()
         self.configured: Mapping[str, str] = {}  # preloaded from the model config: restorable by name
@@ -42,11 +42,11 @@ class AdapterRegistry:
         self._tasks: set[asyncio.Task] = set()
 
     # -- start -----------------------------------------------------------------------------------
-    async def open(self, *, sources: AdapterSources, preload: Mapping[str, str],
+    async def open(self, *, sources: AdapterSources, preload: Mapping[str, str], probe: list[int] | None = None,
                    on_loaded: Callable[[str], None] = lambda name: None) -> None:
         """Set the source policy and make every preloaded adapter resident (pinned); raises on the first
-        adapter that cannot be served."""
-        self.sources, self.configured = sources, dict(preload)
+        adapter that cannot be served. `probe`: token ids for the adapter-effect check (None: weights only)."""
+        self.sources, self.configured, self.loader.probe = sources, dict(preload), probe
         if len(preload) > self.capacity:
             raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
                               f"({self.capacity})")
@@ -204,23 +204,18 @@ class AdapterRegistry:
             finally:
                 entry.settled.set()
 
-    async def _read(self, name: str, source: str) -> LoraAdapter:
-        folder = await asyncio.to_thread(resolve_source, source, kind="adapter")
-        return await asyncio.to_thread(load_peft_adapter, name, folder, base_shapes=self.backend.info.linear_shapes,
-                                       max_rank=self.max_rank)
-
     async def inspect(self, name: str, source: str) -> AdapterInfo:
         """Read and validate without installing (`launch.py check` of adapters loaded on demand)."""
-        return AdapterInfo.of(await self._read(name, source))
+        return AdapterInfo.of(await self.loader.read(name, source))
 
     async def _install(self, entry: AdapterEntry) -> None:
         """Read and validate the adapter once, then install it at a free slot."""
         log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
-        adapter = await self._read(entry.name, entry.source)
+        adapter = await self.loader.read(entry.name, entry.source)
         slot = min(set(range(self.capacity)) - {e.slot for e in self.entries.values()})
         entry.slot = slot  # reserved while the backend installs, so no other load takes it
         try:
-            await self.backend.install(slot, adapter, pinned=entry.pinned)
+            await self.loader.install(adapter, slot, pinned=entry.pinned)
         except BaseException:
             entry.slot = None
             raise

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import __version__, errors
@@ -63,8 +64,10 @@ def create_app(models: Mapping[str, ServedModel], settings: ServerSettings, *,
                load_in_background: bool = True) -> FastAPI:
     """Model loading starts when the app starts (in the background, so /readyz answers at once)."""
     ctx = AppContext(models, settings, Metrics(models, replica=replica_id()), Lifecycle())
-    app = FastAPI(title="multilora-embed", version=__version__, lifespan=_lifespan(ctx, load_in_background),
-                  description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI embeddings.")
+    # /docs and /redoc with their scripts served from the package, not a CDN (they work offline).
+    app = FastAPIOffline(title="multilora-embed", version=__version__, lifespan=_lifespan(ctx, load_in_background),
+                         description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI "
+                                     "embeddings.")
     app.state.context = ctx
     app.state.lifecycle = ctx.lifecycle
     app.add_middleware(AuthMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths)

@@ -40,6 +40,7 @@ class BackendInfo:
     linear_shapes: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # LoRA-capable: path -> (in, out)
     max_input_tokens: int | None = None  # a backend-side limit below the model's max_seq_len, if any
     description: str = ""  # one line for logs and `launch.py check`
+    embeds: bool = True  # False for the dry run, which loads no weights
 
 
 class Backend(ABC):

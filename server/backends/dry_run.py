@@ -27,7 +27,7 @@ class DryRunBackend(Backend):
     async def start(self) -> None:
         folder = await asyncio.to_thread(resolve_source, self.config.model_path, kind="model")
         shapes, hidden = await asyncio.to_thread(meta_linear_shapes, folder, self.config.adapters.lora_target_modules)
-        self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes,
+        self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes, embeds=False,
                                  description=f"{folder} (hidden {hidden}, {len(shapes)} LoRA-capable linears)")
 
     async def embed(self, batch: TokenBatch) -> np.ndarray:

@@ -60,6 +60,11 @@ class LoraAdapter:
         return sum(m.a.numel() * m.a.element_size() + m.b.numel() * m.b.element_size()
                    for m in self.modules.values())
 
+    @property
+    def changes_nothing(self) -> bool:
+        """Every module's update is zero (a zero lora_B is what some trainers save by mistake)."""
+        return all(not (m.a.any() and m.b.any()) for m in self.modules.values())
+
     def to(self, *, device: str | torch.device, dtype: torch.dtype) -> LoraAdapter:
         """The same adapter with its weights on `device` in `dtype` (where the backend computes)."""
         modules = {path: LoraModule(m.a.to(device=device, dtype=dtype), m.b.to(device=device, dtype=dtype),

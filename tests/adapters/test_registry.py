@@ -82,7 +82,7 @@ def test_preloads_over_capacity_are_a_config_error(demo_config, demo_dirs):
 def test_each_preloaded_adapter_is_read_once_at_start(demo_config, demo_dirs, monkeypatch):
     """The registry reads every adapter file once and hands the tensors to the backend (no preflight
     pass, no second read inside the backend)."""
-    from server.adapters import registry
+    from server.adapters import loader as registry
 
     reads = []
     real = registry.load_peft_adapter
@@ -97,3 +97,69 @@ def test_each_preloaded_adapter_is_read_once_at_start(demo_config, demo_dirs, mo
     model = loaded_model(demo_config)
     asyncio.run(model.backend.close())
     assert sorted(reads) == ["finance", "legal", "medical"]
+
+
+@pytest.fixture(scope="module")
+def zero_b_adapter(tmp_path_factory, demo_dirs):
+    """A PEFT adapter saved with its initial weights (lora_B all zero): the pitfall the check catches."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    folder = tmp_path_factory.mktemp("zero-b")
+    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32)
+    get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])).save_pretrained(folder)
+    return folder
+
+
+def with_adapter(demo_config, name, folder):
+    import dataclasses
+
+    return dataclasses.replace(demo_config, profiles={}, adapters=dataclasses.replace(
+        demo_config.adapters, lora_paths={**demo_config.adapters.lora_paths, name: str(folder)}))
+
+
+def test_an_adapter_that_changes_nothing_is_refused(demo_config, zero_b_adapter):
+    from server.build import load_model
+    from server.config import ServerSettings
+    from server.lora.peft_format import AdapterError
+
+    config = with_adapter(demo_config, "blank", zero_b_adapter)
+    with pytest.raises(AdapterError, match="adapter 'blank': adapter has no effect"):
+        asyncio.run(load_model(config, ServerSettings(), backend="torch"))
+    allowed = asyncio.run(load_model(config, ServerSettings(allow_noop_adapters=True), backend="torch"))
+    assert "blank" in allowed.adapters.names()
+    asyncio.run(allowed.backend.close())
+
+
+def test_a_hot_loaded_adapter_that_changes_nothing_fails_with_the_cause(demo_config, zero_b_adapter):
+    import dataclasses
+
+    from server.build import load_model
+    from server.config import ServerSettings
+
+    config = dataclasses.replace(demo_config, lora_roots=(str(zero_b_adapter.parent),))
+    model = asyncio.run(load_model(config, ServerSettings(), backend="torch"))
+    with pytest.raises(errors.AdapterLoadFailed, match="adapter has no effect"):
+        asyncio.run(model.adapters.ensure(zero_b_adapter.name))
+    asyncio.run(model.backend.close())
+
+
+def test_a_backend_that_drops_the_deltas_is_caught_by_the_probe(demo_config, demo_dirs):
+    """Stand-in for an engine that accepts an adapter and never applies it (no real one does so on
+    purpose): the real torch backend with `install` doing nothing. The forward probe refuses it."""
+    from server.backends.torch_backend import TorchBackend
+    from server.config import ServerSettings
+    from server.lora.peft_format import AdapterError
+
+    class DroppingBackend(TorchBackend):
+        async def install(self, slot, adapter, *, pinned=False):
+            self._installed.add(slot)  # claims the slot, applies nothing
+
+    settings = ServerSettings()
+    from server.local_model import LocalModel
+
+    model = LocalModel(demo_config, settings, DroppingBackend(demo_config, settings, "cpu"))
+    with pytest.raises(AdapterError, match="adapter 'legal': adapter has no effect: a probe"):
+        asyncio.run(model.load())
+    asyncio.run(model.backend.close())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,5 +185,8 @@ def test_openapi_and_docs(server):
     assert "EncodeRequestIn" in schema["components"]["schemas"] and "EmbeddingsIn" in schema["components"]["schemas"]
     docs = httpx.get(url + "/docs", headers=AUTH)
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs.text)  # served here: /docs works offline
+    assert scripts and all(s.startswith("/") for s in scripts), scripts
+    assert all(httpx.get(url + s, headers=AUTH).status_code == 200 for s in scripts)
     root = httpx.get(url + "/", headers=AUTH, follow_redirects=False)
     assert root.status_code in (302, 307) and root.headers["location"] == "/docs"

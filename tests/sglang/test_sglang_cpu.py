@@ -139,3 +139,21 @@ def test_dynamic_load_and_unload(sglang_server, reference):
     unloaded = httpx.delete(sglang_server + f"/v1/models/{DEMO_MODEL}/loras/retail", timeout=60)
     assert unloaded.status_code == 200, unloaded.text
     assert encode(sglang_server, TEXTS[:1], "retail").status_code == 503  # evicted adapters reload on next use
+
+
+def test_adapter_that_changes_nothing_is_refused(sglang_server, demo_dirs):
+    """The effect check on the SGLang backend: preloads passed its forward probe (the server is up), and an
+    adapter saved with a zero lora_B is refused with the cause instead of being served as if it worked."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from server.demo_assets import ensure_builtin
+
+    folder = ensure_builtin("builtin:qwen3-tiny/dynamic") / "blank"  # inside the demo's adapter root
+    if not folder.exists():
+        base = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32)
+        get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj"])).save_pretrained(folder)
+    refused = httpx.post(sglang_server + f"/v1/models/{DEMO_MODEL}/loras",
+                         json={"name": "blank", "source": str(folder)}, timeout=120)
+    assert refused.status_code == 400 and "adapter has no effect" in refused.json()["detail"]["message"]
