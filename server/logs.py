@@ -1,15 +1,20 @@
-"""Logging set-up (text or JSON lines) and start-up progress: a bar on a terminal, log lines otherwise."""
+"""Logging set-up (text or JSON lines) and start-up progress: a bar on a terminal, log lines otherwise.
+In JSON mode every line on stderr is one JSON object: no progress bars (ours or the Hugging Face
+libraries'), warnings and the transformers logger go through the same handler, colour codes are dropped."""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "color_message"}
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class JsonFormatter(logging.Formatter):
@@ -17,7 +22,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname, "logger": record.name,
-                 "message": record.getMessage()}
+                 "message": _ANSI.sub("", record.getMessage())}
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -33,6 +38,24 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    if fmt == "json":
+        _json_only()
+
+
+def _json_only() -> None:
+    """Route what other libraries print on stderr through the JSON handler, and turn their bars off."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # huggingface-hub, and transformers' own bars
+    os.environ["TQDM_DISABLE"] = "1"
+    logging.captureWarnings(True)
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+
+
+def json_logging() -> bool:
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
 
 
 class _Progress:
@@ -40,7 +63,7 @@ class _Progress:
         self.desc, self.total, self.log, self.done = desc, total, log, 0
         self.started = time.perf_counter()
         self.bar = None
-        if sys.stderr.isatty():
+        if sys.stderr.isatty() and not json_logging():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=desc, unit="step", leave=True)

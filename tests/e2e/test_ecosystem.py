@@ -190,3 +190,32 @@ def test_openapi_and_docs(server):
     assert all(httpx.get(url + s, headers=AUTH).status_code == 200 for s in scripts)
     root = httpx.get(url + "/", headers=AUTH, follow_redirects=False)
     assert root.status_code in (302, 307) and root.headers["location"] == "/docs"
+
+
+def test_json_logs_are_json_only(tmp_path, demo_dirs):
+    """With --log-format json every line the server writes is one JSON object: the first start (which
+    builds the demo assets, with the libraries' progress bars), warnings, uvicorn and the access log."""
+    port = free_port()
+    log_path = tmp_path / "server.log"
+    env = {**os.environ, "MLE_CACHE_DIR": str(tmp_path / "fresh-cache")}  # a first start: assets are built
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
+                                    "--log-format", "json"], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=180, process=process)
+        assert httpx.post(f"{url}/v1/encode/{DEMO_MODEL}", json={"items": [{"text": "x"}]}).status_code == 200
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    lines = [line for line in log_path.read_text().splitlines() if line.strip()]
+    not_json = []
+    for line in lines:
+        try:
+            json.loads(line)
+        except ValueError:
+            not_json.append(line)
+    assert lines and not_json == [] and not any("\x1b[" in line for line in lines), not_json[:5]
+    messages = " ".join(json.loads(line)["message"] for line in lines)
+    assert "Uvicorn running" in messages and "ready in" in messages
