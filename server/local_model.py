@@ -78,7 +78,15 @@ class LocalModel:
             await self.adapters.open(sources=sources, preload=preload, probe=probe,
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
             self._check_profiles()
+            self._report_roots(roots)
         self.state = ModelState.READY
+
+    def _report_roots(self, roots) -> None:
+        """Say where hot-loadable adapters live, so an operator can find (and add to) them."""
+        for root in roots:
+            found = sorted(p.name for p in root.iterdir() if (p / "adapter_config.json").is_file())[:20]
+            log.info("%s: adapter root %s (a lora_id naming a folder there is loaded on first use: %s)",
+                     self.name, root, ", ".join(found) or "none yet")
 
     def _check_profiles(self) -> None:
         """Every profile's adapter must be loadable: preloaded, configured, or found by the source policy."""

@@ -25,6 +25,8 @@ class AdapterLoader:
 
     async def read(self, name: str, source: str) -> LoraAdapter:
         folder = await asyncio.to_thread(resolve_source, source, kind="adapter")
+        if str(folder) != source:
+            log.info("%s: adapter %r is the folder %s", self.model, name, folder)
         adapter = await asyncio.to_thread(load_peft_adapter, name, folder, max_rank=self.max_rank,
                                           base_shapes=self.backend.info.linear_shapes)
         if adapter.changes_nothing and not self.allow_noop:

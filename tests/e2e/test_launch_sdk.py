@@ -38,7 +38,9 @@ def launched(demo_dirs):
         except subprocess.TimeoutExpired:
             process.kill()
             output, _ = process.communicate()
-        assert "loading adapter 'legal'" in output  # start-up says what it loads
+        assert "loading adapter 'legal'" in output  # start-up says what it loads, and from where
+        assert "adapter 'legal' is the folder /" in output
+        assert "adapter root /" in output and "loaded on first use: retail, travel" in output
 
 
 @pytest.fixture(scope="module")
