@@ -219,3 +219,28 @@ def test_json_logs_are_json_only(tmp_path, demo_dirs):
     assert lines and not_json == [] and not any("\x1b[" in line for line in lines), not_json[:5]
     messages = " ".join(json.loads(line)["message"] for line in lines)
     assert "Uvicorn running" in messages and "ready in" in messages
+
+
+def test_langchain_openai_embeddings(server, sie):
+    """LangChain's OpenAIEmbeddings as the README says to use it: check_embedding_ctx_length=False, so it
+    sends text (not tiktoken cl100k ids); the adapter rides in the model name."""
+    from langchain_openai import OpenAIEmbeddings
+
+    embeddings = OpenAIEmbeddings(model=f"{DEMO_MODEL}:legal", base_url=server[0] + "/v1", api_key=KEY,
+                                  check_embedding_ctx_length=False)
+    documents = embeddings.embed_documents(["first document", "second one"])
+    query = embeddings.embed_query("contract law")
+    for text, vector in zip(["first document", "second one", "contract law"], [*documents, query]):
+        reference = sie.encode(DEMO_MODEL, Item(text=text), options={"lora_id": "legal"})["dense"]
+        np.testing.assert_allclose(vector, reference, atol=1e-5)
+
+
+def test_llamaindex_openai_embedding(server, sie):
+    """LlamaIndex's OpenAIEmbedding with `model_name=` (its `model=` only accepts OpenAI's own names)."""
+    from llama_index.embeddings.openai import OpenAIEmbedding
+
+    embed = OpenAIEmbedding(model_name=f"{DEMO_MODEL}:legal", api_base=server[0] + "/v1", api_key=KEY)
+    vectors = embed.get_text_embedding_batch(["first document", "second one"]) + [embed.get_query_embedding("law")]
+    for text, vector in zip(["first document", "second one", "law"], vectors):
+        reference = sie.encode(DEMO_MODEL, Item(text=text), options={"lora_id": "legal"})["dense"]
+        np.testing.assert_allclose(vector, reference, atol=1e-5)
