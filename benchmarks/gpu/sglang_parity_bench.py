@@ -72,7 +72,8 @@ def main(argv=None) -> dict:
             "name": "gpu", "model_path": model_dir, "adapter": "torch", "dtype": "bfloat16",
             "max_seq_len": args.tokens + 8,
             "adapter_options_loadtime": {"lora_paths": adapters, "max_lora_rank": args.rank}})
-        model = asyncio.run(load_model(config, ServerSettings(device="cuda"), backend="torch"))
+        settings = ServerSettings(device="cuda", allow_noop_adapters=True)  # random vocab: no text probe
+        model = asyncio.run(load_model(config, settings, backend="torch"))
         ours = model.backend
         torch_vectors = ours.embed_sync(TokenBatch(ids, [m and model.adapters.slot_of(m) for m in mixed]))
 
