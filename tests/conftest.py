@@ -4,6 +4,7 @@ and live servers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import tempfile
@@ -145,6 +146,25 @@ def build_app(model_config, *, backend=None, **server_settings):
     backend = backend or TorchBackend(model_config, settings, "cpu")
     model = LocalModel(model_config, settings, backend)
     return create_app({model_config.name: model}, settings, load_in_background=False), model
+
+
+@contextlib.contextmanager
+def launched_demo(*args: str, log=None, env=None, timeout: float = 120.0):
+    """`launch.py --config <demo> <args>` in its own process on a free port; yields its URL, then SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port), *args],
+                               cwd=REPO, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, timeout=timeout, process=process)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
 
 
 def wait_ready(url: str, timeout: float = 60.0, process=None) -> None:

@@ -21,7 +21,7 @@ from sie_sdk import SIEClient
 from sie_sdk.client.errors import RequestError
 from sie_sdk.types import Item
 
-from tests.conftest import DEMO_MODEL, DEMO_YAML, REPO, free_port, wait_ready
+from tests.conftest import DEMO_MODEL, DEMO_YAML, REPO, free_port, launched_demo, wait_ready
 
 KEY = "test-key-123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -195,20 +195,11 @@ def test_openapi_and_docs(server):
 def test_json_logs_are_json_only(tmp_path, demo_dirs):
     """With --log-format json every line the server writes is one JSON object: the first start (which
     builds the demo assets, with the libraries' progress bars), warnings, uvicorn and the access log."""
-    port = free_port()
     log_path = tmp_path / "server.log"
     env = {**os.environ, "MLE_CACHE_DIR": str(tmp_path / "fresh-cache")}  # a first start: assets are built
-    with open(log_path, "w") as log_file:
-        process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
-                                    "--log-format", "json"], cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, timeout=180, process=process)
+    with open(log_path, "w") as log_file, launched_demo("--log-format", "json", log=log_file, env=env,
+                                                        timeout=180) as url:
         assert httpx.post(f"{url}/v1/encode/{DEMO_MODEL}", json={"items": [{"text": "x"}]}).status_code == 200
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
     lines = [line for line in log_path.read_text().splitlines() if line.strip()]
     not_json = []
     for line in lines:

@@ -8,13 +8,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import DEMO_YAML, REPO, free_port, wait_ready
+from tests.conftest import REPO, launched_demo
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
 NOT_HERE = ("make ", "--replicas", "serve run")
@@ -42,15 +41,8 @@ def commands(code: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo(demo_dirs):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port)],
-                               cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", timeout=120, process=process)
-        yield port
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with launched_demo() as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def localise(text: str, port: int) -> str:

@@ -27,6 +27,7 @@ from tests.conftest import (
     LiveServer,
     build_app,
     free_port,
+    launched_demo,
     make_gated_backend,
     poll_while_loading,
     wait_ready,
@@ -318,13 +319,7 @@ def test_sigterm_drains_then_exits_zero(demo_dirs):
 def test_big_bodies_do_not_stall_small_requests(demo_dirs):
     """Four ~10 MB bodies arriving at once on the demo (a separate `launch.py` process): every small
     request sent meanwhile is answered within 1 s, and each big one is answered 200 with its 512 tokens."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
-                                "--log-level", "warning"], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, timeout=120, process=process)
+    with launched_demo("--log-level", "warning") as url:
         big = json.dumps({"items": [{"text": "a reasonably ordinary sentence of words " * 250_000}]}).encode()
         outcomes, small_latencies = [], []
         senders = [threading.Thread(target=lambda: outcomes.append(send(url, big, JSON))) for _ in range(4)]
@@ -337,9 +332,6 @@ def test_big_bodies_do_not_stall_small_requests(demo_dirs):
             time.sleep(0.02)
         for sender in senders:
             sender.join()
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
     assert len(big) > 10_000_000 and small_latencies  # at least one small request overlapped the big ones
     assert max(small_latencies) < 1.0, small_latencies
     assert [o.status_code for o in outcomes] == [200] * 4
