@@ -125,6 +125,6 @@ def serve(args: argparse.Namespace, settings: ServerSettings, models) -> int:
     # Our own access log carries the request id; uvicorn keeps its own handlers off ours.
     config = uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level.lower(),
                             access_log=False, log_config=None, timeout_graceful_shutdown=5)
-    server = DrainingServer(config, app.state.lifecycle, settings.shutdown_grace_s)
+    server = DrainingServer(config, app.state.context.lifecycle, settings.shutdown_grace_s)
     server.run()
     return _error(server.fatal) if server.fatal else 0

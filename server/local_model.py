@@ -56,6 +56,11 @@ class LocalModel:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def dims(self) -> int:
+        """The native output size: the config's `dims`, else the model's hidden size."""
+        return self.config.dims or self.backend.info.hidden_size
+
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
         """Tokenizer, base model, then every preloaded adapter (each read once); raises on a problem."""
@@ -128,7 +133,7 @@ class LocalModel:
 
     def status(self) -> ModelStatus:
         failure = self.failure
-        return ModelStatus(name=self.name, state=self.state, dims=self.config.dims or self.backend.info.hidden_size,
+        return ModelStatus(name=self.name, state=self.state, dims=self.dims,
                            failure=f"{type(failure).__name__}: {failure}" if failure else None,
                            config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats())
 
@@ -144,8 +149,7 @@ class LocalModel:
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         if self.state is not ModelState.READY:
             self.status().require_ready()
-        dims = self.config.dims or self.backend.info.hidden_size
-        check_dims(options.dims, dims, self.config.min_dims)
+        check_dims(options.dims, self.dims, self.config.min_dims)
         if len(texts) > self.settings.max_items_per_request:
             raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
                                       f"{self.settings.max_items_per_request} items per request")
@@ -187,10 +191,9 @@ class LocalModel:
             raise
         t2 = time.perf_counter()
         inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
-        native = self.config.dims or self.backend.info.hidden_size
         vectors = finish(np.stack([row.vector for row in rows]), dims=options.dims or self.config.dims,
                          normalize=self.config.normalize, output_dtype=options.output_dtype)
         t3 = time.perf_counter()
-        return EncodeResult(vectors=vectors, dims=options.dims or native, input_tokens=tokenized.token_count,
+        return EncodeResult(vectors=vectors, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
                             tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
                             inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3)

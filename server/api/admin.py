@@ -8,11 +8,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from server import errors
-from server.api.context import AppContext, context
+from server.api.context import AppContext, context, request_body
 from server.api.errors import invalid_input
-from server.api.middleware import read_body
 from server.api.schemas import validate
-from server.api.wire import decode
 from server.config import valid_adapter_name
 from server.served_model import AdapterAdmin, ServedModel
 
@@ -33,21 +31,23 @@ class VllmLoraIn(BaseModel):
 
 
 async def parse(request: Request, model: type[BaseModel]):
-    body = await decode(await read_body(request, context(request).settings.max_body_bytes),
-                        request.headers.get("content-type"))
-    return validate(model, body)
+    return validate(model, await request_body(request))
 
 
-def admin_of(model: ServedModel, name: str | None = None) -> AdapterAdmin:
-    """The model's admin part, once the model is ready; `name` (a new adapter's) must be well formed."""
+def admin_of(model: ServedModel) -> AdapterAdmin:
+    """The model's admin part, once the model is ready."""
     if model.admin is None:
         raise errors.NotSupported("managing adapters through the admin API is not available in scale-out mode: "
                                   "each replica loads adapters on demand from the model's lora_paths and adapter "
                                   "roots (Ray multiplexing)")
     model.status().require_ready()
-    if name is not None and not valid_adapter_name(name):
-        raise invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
     return model.admin
+
+
+def check_name(name: str) -> str:
+    if not valid_adapter_name(name):
+        raise invalid_input(f"adapter name {name!r} must be 1-128 letters, digits, '-', '_', '.'")
+    return name
 
 
 def vllm_target(ctx: AppContext, lora_name: str) -> tuple[ServedModel, str]:
@@ -68,10 +68,9 @@ async def list_loras(model: str, request: Request) -> dict:
 
 @router.post("/v1/models/{model:path}/loras")
 async def load_lora(model: str, request: Request) -> JSONResponse:
-    served = context(request).model(model)
-    admin_of(served)
+    admin = admin_of(context(request).model(model))
     spec = await parse(request, LoadLoraIn)
-    described, created = await admin_of(served, spec.name).load(spec.name, spec.source, pin=spec.pin)
+    described, created = await admin.load(check_name(spec.name), spec.source, pin=spec.pin)
     return JSONResponse(described, status_code=201 if created else 200)
 
 
@@ -87,7 +86,7 @@ async def vllm_load(request: Request) -> PlainTextResponse:
     """vLLM's route (what gateways and vLLM tooling call): {"lora_name", "lora_path"}."""
     spec = await parse(request, VllmLoraIn)
     model, name = vllm_target(context(request), spec.lora_name)
-    await admin_of(model, name).load(name, spec.lora_path or "")
+    await admin_of(model).load(check_name(name), spec.lora_path or "")
     return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' added successfully.")
 
 

@@ -69,7 +69,6 @@ def create_app(models: Mapping[str, ServedModel], settings: ServerSettings, *,
                          description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI "
                                      "embeddings.")
     app.state.context = ctx
-    app.state.lifecycle = ctx.lifecycle
     app.add_middleware(AuthMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths)
     app.add_middleware(DrainMiddleware, lifecycle=ctx.lifecycle)
     app.add_middleware(RequestContextMiddleware)

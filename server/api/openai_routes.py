@@ -8,12 +8,11 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.context import AppContext, context
+from server.api.context import AppContext, context, request_body
 from server.api.encoding import run_encode
 from server.api.errors import invalid_input
-from server.api.middleware import read_body
 from server.api.schemas import EmbeddingsIn, validate
-from server.api.wire import decode, dump_json
+from server.api.wire import dump_json
 
 router = APIRouter()
 BODY_SCHEMA = {"requestBody": {"required": True, "content": {
@@ -55,7 +54,7 @@ async def openai_models(request: Request) -> dict:
 async def embeddings(request: Request) -> Response:
     ctx = context(request)
     with ctx.metrics.track("openai") as track:
-        parsed = parse_embeddings(await decode(await read_body(request, ctx.settings.max_body_bytes), None))
+        parsed = parse_embeddings(await request_body(request, content_type="application/json"))
         model, suffix = split_model(ctx, parsed.model)
         _, result = await run_encode(ctx, parsed.to_request(model, suffix), request, track)
     if parsed.encoding_format == "base64":

@@ -6,12 +6,11 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from server.api.context import context
+from server.api.context import context, request_body
 from server.api.encoding import run_encode
-from server.api.middleware import read_body
 from server.api.openapi import ENCODE_OPENAPI
 from server.api.schemas import EncodeRequestIn, validate
-from server.api.wire import MSGPACK, decode, dump_json, pack, wants_json
+from server.api.wire import MSGPACK, dump_json, pack, wants_json
 from server.served_model import ModelState, ServedModel
 
 router = APIRouter()
@@ -50,7 +49,7 @@ async def encode(model: str, request: Request) -> Response:
     started = time.perf_counter()
     ctx = context(request)
     with ctx.metrics.track("sie", model) as track:
-        body = await decode(await read_body(request, ctx.settings.max_body_bytes), request.headers.get("content-type"))
+        body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
         options, result = await run_encode(ctx, parsed.to_request(model), request, track)
     items = []

@@ -176,9 +176,9 @@ def _module(name: str, path: str, tensors: dict, config: dict, in_out: tuple[int
 
 
 def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str, tuple[int, int]],
-                      max_rank: int, dtype: torch.dtype = torch.float32,
-                      device: str | torch.device = "cpu") -> LoraAdapter:
-    """Load, validate and convert one PEFT adapter; raises AdapterError naming the problem."""
+                      max_rank: int) -> LoraAdapter:
+    """Load and validate one PEFT adapter as float32 on the CPU (a backend moves it where it computes with
+    `LoraAdapter.to`); raises AdapterError naming the problem."""
     folder = Path(folder)
     config = read_adapter_config(name, folder)
     _check_config(name, config, max_rank)
@@ -188,7 +188,7 @@ def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str
         # clone(): the loaded copy must not share memory with the file (safetensors may map it), so an
         # adapter file rewritten or deleted on disk cannot change vectors of a resident adapter.
         modules[path] = LoraModule(
-            a=module.a.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
-            b=module.b.to(device=device, dtype=dtype).clone(memory_format=torch.contiguous_format),
+            a=module.a.to(dtype=torch.float32).clone(memory_format=torch.contiguous_format),
+            b=module.b.to(dtype=torch.float32).clone(memory_format=torch.contiguous_format),
             scaling=module.scaling)
     return LoraAdapter(name=name, source=str(folder), modules=modules)
