@@ -63,12 +63,12 @@ def _error(message: str) -> int:
     return 2
 
 
-def check(settings: ServerSettings, models) -> None:
+def check(settings: ServerSettings, models, backend: str | None = None) -> None:
     from server.build import check_model
 
     for model in models:
         log.info("checking %s (%s)", model.name, model.source_file)
-        for line in asyncio.run(check_model(model, settings)):
+        for line in asyncio.run(check_model(model, settings, backend=backend)):
             print(line, flush=True)
 
 
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings, models = _load(args)
         if args.command == "check" or args.replicas is not None:  # replicas load on demand: check up front
-            check(settings, models)
+            check(settings, models, args.backend)
     except OPERATOR_ERRORS as exc:
         return _error(str(exc))
     if args.command == "check":

@@ -18,7 +18,8 @@ import yaml
 
 BACKENDS = ("auto", "torch", "sglang")
 DTYPES = ("float32", "float16", "bfloat16")
-POOLINGS = ("last", "mean", "cls")
+# auto: sentence-transformers' Pooling module when the folder has one, else cls for encoders, last for decoders.
+POOLINGS = ("auto", "last", "mean", "cls")
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
 SGLANG_PASSTHROUGH = frozenset({
     "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",
@@ -98,7 +99,7 @@ class ModelConfig:
     backend: str = "auto"  # YAML key `adapter` (SIE's name for it): auto | torch | sglang
     dtype: str = "bfloat16"
     max_seq_len: int = 8192
-    pooling: str = "last"
+    pooling: str = "auto"
     normalize: bool = True
     dims: int | None = None
     min_dims: int = 32

@@ -18,6 +18,11 @@ def _looks_local(source: str) -> bool:
     return source.startswith(("/", "./", "../", "~")) or Path(source).expanduser().exists()
 
 
+def is_remote(source: str) -> bool:
+    """A hub id (fetched on first use), as opposed to a builtin, packaged or local source."""
+    return not (source.startswith(BUILTIN_PREFIX) or _looks_local(source))
+
+
 def resolve_source(source: str, *, kind: str = "model") -> Path:
     if source.startswith(BUILTIN_PREFIX):
         try:

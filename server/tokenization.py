@@ -1,5 +1,6 @@
-"""Server-side tokenisation: query template, pooling EOS appended, truncation that keeps the EOS, and
-bounded work: text past what `max_seq_len` tokens can cover is cut before the tokenizer sees it."""
+"""Server-side tokenisation: query template, the pooling EOS appended (decoders that pool the last token) or
+the tokenizer's own special tokens (encoders), truncation that keeps the final token, and bounded work:
+text past what `max_seq_len` tokens can cover is cut before the tokenizer sees it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 
 from server import errors
 from server.config import ConfigError, ModelConfig
+from server.model_layout import read_layout
 from server.sources import resolve_source
 
 OVERFLOW_POLICIES = ("truncate", "error")
@@ -24,15 +26,17 @@ class Tokenized:
 
 
 class TextTokenizer:
-    """Wraps a Hugging Face tokenizer; every row ends with exactly one pooling EOS."""
+    """Wraps a Hugging Face tokenizer. With `append_eos` every row ends with exactly one pooling EOS;
+    without, rows keep the tokenizer's special tokens ([CLS] ... [SEP]) and truncation keeps the last."""
 
     def __init__(self, hf_tokenizer, *, max_seq_len: int, query_template: str,
-                 default_instruction: str | None, eos_token: str | None = None):
+                 default_instruction: str | None, eos_token: str | None = None, append_eos: bool = True):
         self.hf = hf_tokenizer
         self.max_seq_len = max_seq_len
         self.query_template = query_template
         self.default_instruction = default_instruction
-        self.eos_id = self._find_eos(hf_tokenizer, eos_token)
+        self.eos_id = self._find_eos(hf_tokenizer, eos_token) if append_eos else None
+        self._special_ids = frozenset(hf_tokenizer.all_special_ids)
         # A token covers at most this many characters (byte-level vocabularies: one character per byte).
         self.max_token_chars = max((len(token) for token in hf_tokenizer.get_vocab()), default=64)
 
@@ -78,15 +82,23 @@ class TextTokenizer:
         encoded = self.hf(clipped, add_special_tokens=True, return_attention_mask=False)["input_ids"]
         rows, truncated = [], []
         for index, ids in enumerate(encoded):
-            content = ids[:-1] if ids and ids[-1] == self.eos_id else ids
-            cut = len(content) + 1 > max_len
+            content, tail = self._split_tail(ids)
+            cut = len(content) + len(tail) > max_len
             if cut and overflow == "error":
                 raise errors.InputTooLong(
-                    f"item {index} has {len(content) + 1} tokens, over the limit of {max_len} "
+                    f"item {index} has {len(content) + len(tail)} tokens, over the limit of {max_len} "
                     "(overflow_policy is 'error'; use 'truncate' to cut it)")
-            rows.append((content[:max_len - 1] if cut else content) + [self.eos_id])
+            rows.append((content[:max_len - len(tail)] if cut else content) + tail)
             truncated.append(cut)
         return Tokenized(rows, truncated)
+
+    def _split_tail(self, ids: list[int]) -> tuple[list[int], list[int]]:
+        """(content, the final token(s) truncation must keep): the pooling EOS, or a closing special token."""
+        if self.eos_id is not None:
+            return (ids[:-1] if ids and ids[-1] == self.eos_id else ids), [self.eos_id]
+        if ids and ids[-1] in self._special_ids:
+            return ids[:-1], ids[-1:]
+        return ids, []
 
 
 def load_tokenizer(config: ModelConfig) -> TextTokenizer:
@@ -94,9 +106,10 @@ def load_tokenizer(config: ModelConfig) -> TextTokenizer:
     from transformers import AutoTokenizer
 
     folder = resolve_source(config.model_path, kind="model")
+    layout = read_layout(folder, config)
     try:
         return TextTokenizer(AutoTokenizer.from_pretrained(folder), max_seq_len=config.max_seq_len,
                              query_template=config.query_template, default_instruction=config.default_instruction,
-                             eos_token=config.eos_token)
+                             eos_token=config.eos_token, append_eos=not layout.encoder and layout.pooling == "last")
     except ValueError as exc:
         raise ConfigError(f"{config.source_file}: {exc}") from None

@@ -13,7 +13,7 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources",
-                    "server.demo_assets"]),
+                    "server.demo_assets", "server.model_layout", "server.packaged"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),
@@ -21,6 +21,7 @@ LAYERS = [
               "server.served_model", "server.local_model", "server.build"]),
     ("api", ["server.api"]),
     ("scaleout", ["server.scaleout"]),
+    ("adapt", ["server.adapt"]),
     ("cli", ["server.cli"]),
 ]
 

@@ -12,6 +12,7 @@ from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
 from server.config import ModelConfig, ServerSettings
 from server.lora.peft_format import LoraAdapter
+from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 
 
@@ -19,6 +20,7 @@ class DryRunBackend(Backend):
     def __init__(self, model: ModelConfig, settings: ServerSettings, device: str):
         self.config = model
         self._info = BackendInfo(hidden_size=0)
+        self.layout = ModelLayout(encoder=False, pooling="last", max_positions=None)
 
     @property
     def info(self) -> BackendInfo:
@@ -26,6 +28,7 @@ class DryRunBackend(Backend):
 
     async def start(self) -> None:
         folder = await asyncio.to_thread(resolve_source, self.config.model_path, kind="model")
+        self.layout = read_layout(folder, self.config)
         shapes, hidden = await asyncio.to_thread(meta_linear_shapes, folder, self.config.adapters.lora_target_modules)
         self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes, embeds=False,
                                  description=f"{folder} (hidden {hidden}, {len(shapes)} LoRA-capable linears)")

@@ -1,11 +1,16 @@
-"""Hugging Face model helpers shared by the torch backend and the start-up check."""
+"""Hugging Face model helpers shared by the torch backend, the start-up check and adapter training: one
+padded forward and pooling, so training sees exactly the vectors the server serves."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
+
+from server.model_layout import ModelLayout
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -36,3 +41,35 @@ def load_encoder(model_dir: Path, dtype: torch.dtype, device: str) -> nn.Module:
 
     model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
     return model.to(device).eval()
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int,
+             device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded [rows, longest] ids and the row lengths, on `device`."""
+    lengths = [len(row) for row in rows]
+    ids = np.full((len(rows), max(lengths)), pad_id, dtype=np.int64)
+    for index, row in enumerate(rows):
+        ids[index, :lengths[index]] = row
+    return torch.from_numpy(ids).to(device, non_blocking=True), torch.tensor(lengths, device=device)
+
+
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+    if how == "last":
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
+    if how == "cls":
+        return hidden[:, 0]
+    mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
+    return (hidden * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
+
+
+def pooled_forward(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor,
+                   layout: ModelLayout) -> torch.Tensor:
+    """One forward and pooling over right-padded rows. Decoders run without a mask: with causal attention
+    a real token never sees the padding after it, and SDPA keeps its fast `is_causal` path. Encoders
+    attend both ways, so padding is masked out."""
+    if layout.encoder:
+        mask = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
+        hidden = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+    else:
+        hidden = model(input_ids=input_ids, use_cache=False).last_hidden_state
+    return pool(hidden, lengths, layout.pooling)

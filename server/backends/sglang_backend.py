@@ -28,6 +28,7 @@ from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
 from server.config import ModelConfig, ServerSettings
 from server.lora.peft_format import AdapterError, LoraAdapter, read_adapter_config
+from server.model_layout import read_layout
 from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,10 @@ class SGLangBackend(Backend):
         import psutil
         import sglang
 
+        from server.backends import check_fits
+
         folder = resolve_source(self.config.model_path, kind="model")
+        check_fits("sglang", read_layout(folder, self.config), self.config)
         shapes, hidden_size = meta_linear_shapes(folder, self.config.adapters.lora_target_modules)
         targets = self.config.adapters.lora_target_modules or ALL_LINEARS
         kwargs = dict(model_path=str(folder), is_embedding=True, enable_lora=True,

@@ -1,9 +1,8 @@
 """Built-in backend: transformers model + MixedLoraLinear layers, one forward per mixed-adapter batch.
 
-Rows are right-padded and run without an attention mask: with causal attention a real token never
-sees the padding after it, so each row's vector is exactly what it would be alone (batch invariance)
-and SDPA keeps its fast `is_causal` path. The forward runs on one worker thread, which also
-serialises adapter installs against forwards.
+Rows are right-padded; decoders run without an attention mask (a real token never sees the padding
+after it, so each row's vector is what it would be alone), encoders with a padding mask. The forward
+runs on one worker thread, which also serialises adapter installs against forwards.
 """
 
 from __future__ import annotations
@@ -17,22 +16,14 @@ import torch
 
 from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
-from server.backends.hf_model import DTYPES, linear_targets, load_encoder, shapes_of
+from server.backends.hf_model import DTYPES, linear_targets, load_encoder, pad_rows, pooled_forward, shapes_of
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import SegmentPlan, install_adapter, plan_segments, remove_adapter, wrap_linears
 from server.lora.peft_format import LoraAdapter
+from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 
 log = logging.getLogger(__name__)
-
-
-def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
-    if how == "last":
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
-    if how == "cls":
-        return hidden[:, 0]
-    mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
-    return (hidden * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
 
 
 class TorchBackend(Backend):
@@ -48,6 +39,7 @@ class TorchBackend(Backend):
         self._installed: set[int] = set()  # touched on the worker thread only
         self._layers: dict = {}
         self._info = BackendInfo(hidden_size=0)
+        self.layout = ModelLayout(encoder=False, pooling="last", max_positions=None)
         self.model = None
 
     @property
@@ -60,13 +52,16 @@ class TorchBackend(Backend):
 
     def _load(self) -> None:
         folder = resolve_source(self.config.model_path, kind="model")
+        self.layout = read_layout(folder, self.config)
         log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
         model = load_encoder(folder, self.dtype, self.device)
         linears = linear_targets(model, self.config.adapters.lora_target_modules)
         self._layers = wrap_linears(model, linears, self._plan)
         self.model = model
         self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
-                                 description=f"{folder} on {self.device} ({self.dtype})")
+                                 description=f"{folder} on {self.device} ({self.dtype}, "
+                                             f"{'encoder' if self.layout.encoder else 'decoder'}, "
+                                             f"{self.layout.pooling} pooling)")
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -113,18 +108,12 @@ class TorchBackend(Backend):
         if missing:
             raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
         order = sorted(range(len(slots)), key=slots.__getitem__)
-        lengths = [len(batch.input_ids[i]) for i in order]
-        ids = np.zeros((len(order), max(lengths)), dtype=np.int64)
-        for row, i in enumerate(order):
-            ids[row, :lengths[row]] = batch.input_ids[i]
-        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-        length_t = torch.tensor(lengths, device=self.device)
+        input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
         self._plan.segments = plan_segments([slots[i] for i in order])
         try:
-            hidden = self.model(input_ids=input_ids, use_cache=False).last_hidden_state
+            pooled = pooled_forward(self.model, input_ids, lengths, self.layout).float()
         finally:
             self._plan.segments = ()
-        pooled = pool(hidden, length_t, self.config.pooling).float()
         result = torch.empty_like(pooled)
         result[torch.tensor(order, device=pooled.device)] = pooled
         return result.cpu().numpy()

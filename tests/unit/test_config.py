@@ -28,7 +28,7 @@ def test_loads_defaults_and_resolves_relative_paths(tmp_path):
     assert config.name == "org/model"
     assert config.model_path == str(tmp_path / "weights")
     assert config.adapters.lora_paths["legal"] == str(tmp_path / "adapters" / "legal")
-    assert config.adapters.max_loras_per_batch == 8 and config.pooling == "last" and config.normalize
+    assert config.adapters.max_loras_per_batch == 8 and config.pooling == "auto" and config.normalize
     assert config.profiles["legal"].lora_id == "legal"
 
 
