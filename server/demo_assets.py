@@ -35,8 +35,13 @@ TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
                   head_dim=16, intermediate_size=128)
 
 
+def cache_dir() -> Path:
+    """Where built and extracted assets live: `$MLE_CACHE_DIR` (default `./.cache`)."""
+    return Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve()
+
+
 def cache_root() -> Path:
-    return Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve() / "builtin" / ASSET_VERSION
+    return cache_dir() / "builtin" / ASSET_VERSION
 
 
 def qwen_tokenizer_dir() -> Path:
@@ -59,7 +64,7 @@ def _build_lock(root: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _build_atomically(target: Path, build) -> Path:
+def build_atomically(target: Path, build) -> Path:
     if target.is_dir():
         return target
     with _build_lock(target.parent):
@@ -107,7 +112,7 @@ def ensure_builtin(source: str) -> Path:
         known = [MODEL_NAME] + [f"{MODEL_NAME}/{a}" for a in (*DEMO_ADAPTERS, DYNAMIC_ROOT)]
         raise ValueError(f"unknown builtin source {source!r}; known: {', '.join(BUILTIN_PREFIX + k for k in known)}")
     root = cache_root()
-    model_dir = _build_atomically(root / MODEL_NAME, build_tiny_model)
+    model_dir = build_atomically(root / MODEL_NAME, build_tiny_model)
     if not adapter:
         return model_dir
     if adapter == DYNAMIC_ROOT:
@@ -115,7 +120,7 @@ def ensure_builtin(source: str) -> Path:
             for served, (seed, targets) in DYNAMIC_ADAPTERS.items():
                 (out / served).mkdir()
                 build_adapter(model_dir, out / served, seed, targets)
-        return _build_atomically(root / DYNAMIC_ROOT, build_root)
+        return build_atomically(root / DYNAMIC_ROOT, build_root)
     seed, targets = DEMO_ADAPTERS[adapter]
-    return _build_atomically(root / "adapters" / adapter,
+    return build_atomically(root / "adapters" / adapter,
                              lambda out: build_adapter(model_dir, out, seed, targets))

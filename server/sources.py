@@ -1,10 +1,11 @@
-"""Turn a model or adapter source (builtin:, local folder, hub id) into a local folder."""
+"""Turn a model or adapter source (builtin:, package:, local folder, hub id) into a local folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from server.demo_assets import BUILTIN_PREFIX, ensure_builtin
+from server.packaged import PACKAGE_PREFIX, resolve_packaged
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
 ADAPTER_FILES = ["adapter_config.json", "*.safetensors"]  # safetensors only: pickles are never fetched
@@ -20,13 +21,18 @@ def _looks_local(source: str) -> bool:
 
 def is_remote(source: str) -> bool:
     """A hub id (fetched on first use), as opposed to a builtin, packaged or local source."""
-    return not (source.startswith(BUILTIN_PREFIX) or _looks_local(source))
+    return not (source.startswith((BUILTIN_PREFIX, PACKAGE_PREFIX)) or _looks_local(source))
 
 
 def resolve_source(source: str, *, kind: str = "model") -> Path:
     if source.startswith(BUILTIN_PREFIX):
         try:
             return ensure_builtin(source)
+        except ValueError as exc:
+            raise SourceError(str(exc)) from None
+    if source.startswith(PACKAGE_PREFIX):
+        try:
+            return resolve_packaged(source)
         except ValueError as exc:
             raise SourceError(str(exc)) from None
     if _looks_local(source):

@@ -47,7 +47,8 @@ class TextTokenizer:
             if candidate is None:
                 continue
             token_id = tokenizer.convert_tokens_to_ids(candidate)
-            if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            # An unknown token maps to the unk id; a token that *is* the unk token (SmolLM2) still counts.
+            if isinstance(token_id, int) and tokenizer.convert_ids_to_tokens(token_id) == candidate:
                 return token_id
             if eos_token is not None and candidate == eos_token:
                 raise ValueError(f"eos_token {eos_token!r} is not in the tokenizer's vocabulary")
