@@ -1,5 +1,6 @@
 """Command line: `launch.py [serve] --config ...` serves; `launch.py check --config ...` validates only
-(a dry run of the serving load path: tokenizer, shapes, every adapter read and validated)."""
+(a dry run of the serving load path: tokenizer, shapes, every adapter read and validated);
+`launch.py train ...` and `launch.py eval ...` run the adapter loop (server/adapt)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ log = logging.getLogger("launch")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server")
-    parser.add_argument("command", nargs="?", choices=["serve", "check"], default="serve")
+    parser.add_argument("command", nargs="?", choices=["serve", "check", "train", "eval"], default="serve",
+                        help="train / eval take their own options: launch.py train --help")
     parser.add_argument("--config", action="append", required=True, help="model YAML (repeat for several models)")
     parser.add_argument("--engine-config", help="engine.yaml with server-wide settings")
     parser.add_argument("--host", default="127.0.0.1")
@@ -72,7 +74,20 @@ def check(settings: ServerSettings, models, backend: str | None = None) -> None:
             print(line, flush=True)
 
 
+def adapter_loop(command: str, argv: list[str]) -> int:
+    from server.adapt import commands
+
+    configure_logging(os.environ.get("SIE_LOG_LEVEL", "info"), "text")
+    try:
+        return commands.run_train(argv) if command == "train" else commands.run_eval(argv)
+    except (*OPERATOR_ERRORS, FileExistsError) as exc:
+        return _error(str(exc))
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("train", "eval"):
+        return adapter_loop(argv[0], argv[1:])
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, args.log_format)
     try:
