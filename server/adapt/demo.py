@@ -1,0 +1,134 @@
+"""`make demo-adapter`: for each real model, train an adapter on the FAQ's train split, serve the model
+with `launch.py`, hot-load the adapter through the admin API, evaluate base vs adapter on the held-out
+split through the SIE SDK, and write `benchmarks/out/demo-adapter/<model>.json|png`.
+
+Usage: python -m server.adapt.demo [all-minilm-l6-v2] [smollm2-135m]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from server.adapt.evaluate import EvalTask, evaluate, markdown_table, write_report
+from server.adapt.faq import faq_records, split_faq, write_split
+from server.adapt.train import StepReport, TrainSettings, train_adapter
+from server.config import load_model_config
+from server.demo_assets import cache_dir
+
+log = logging.getLogger("demo")
+ADAPTER = "zaragoza-construction-faq"
+OUT = Path("benchmarks/out/demo-adapter")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    config: str
+    train: TrainSettings
+
+
+RECIPES = {
+    "all-minilm-l6-v2": Recipe("model_configs/all-minilm-l6-v2.yaml", TrainSettings(
+        rank=16, alpha=32, epochs=3, batch_size=32, learning_rate=2e-4, max_seq_len=256, seed=0)),
+    "smollm2-135m": Recipe("model_configs/smollm2-135m.yaml", TrainSettings(
+        rank=16, alpha=32, targets=("q_proj", "k_proj", "v_proj", "o_proj"), steps=40, batch_size=16,
+        learning_rate=5e-4, max_seq_len=128, seed=0)),
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def served(config_path: str, timeout: float = 300.0):
+    """`launch.py --config <config_path>` on a free loopback port until the block ends; yields its URL."""
+    import httpx
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "launch.py", "--config", config_path, "--port", str(port),
+                                "--log-level", "warning"])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server for {config_path} exited with status {process.returncode}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the server for {config_path} was not ready in {timeout:.0f} s")
+            time.sleep(0.5)
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def hot_load(url: str, model: str, adapter: str) -> dict:
+    import httpx
+
+    response = httpx.post(f"{url}/v1/models/{model}/loras", json={"name": adapter}, timeout=300)
+    if response.status_code not in (200, 201):
+        raise RuntimeError(f"hot-loading {adapter} failed: {response.status_code} {response.text}")
+    return response.json()
+
+
+def progress(report: StepReport) -> None:
+    if report.step == 1 or report.step % 5 == 0 or report.step == report.total:
+        log.info("step %d/%d  loss %.4f  %.2f s/step", report.step, report.total, report.loss, report.seconds)
+
+
+def run_model(slug: str, split, out_dir: Path) -> dict:
+    recipe = RECIPES[slug]
+    config = load_model_config(recipe.config)
+    adapter_dir = Path(config.lora_roots[0]) / ADAPTER
+    log.info("%s: training %s on %d pairs", slug, ADAPTER, len(split.train))
+    started = time.perf_counter()
+    losses = train_adapter(config, split.train, recipe.train, adapter_dir, on_step=progress)
+    trained_s = time.perf_counter() - started
+    with served(recipe.config) as url:
+        hot_load(url, config.name, ADAPTER)
+        report = evaluate(EvalTask(url=url, model=config.name, pairs=split.test, corpus=split.corpus,
+                                   adapters=[ADAPTER]))
+    report["training"] = {"pairs": len(split.train), "steps": len(losses), "seconds": round(trained_s, 1),
+                          "loss_first": round(losses[0], 4), "loss_last": round(losses[-1], 4),
+                          "settings": asdict(recipe.train)}
+    json_path, png_path = write_report(report, out_dir, slug)
+    log.info("%s: wrote %s and %s", slug, json_path, png_path)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    slugs = argv or list(RECIPES)
+    unknown = [s for s in slugs if s not in RECIPES]
+    if unknown:
+        print(f"error: unknown demo model(s) {', '.join(unknown)}; choose from {', '.join(RECIPES)}",
+              file=sys.stderr)
+        return 2
+    split = split_faq(faq_records())
+    paths = write_split(split, cache_dir() / "demo" / ADAPTER)
+    log.info("FAQ split: %d train, %d test, %d documents (%s)", len(split.train), len(split.test),
+             len(split.corpus), paths["train"].parent)
+    started = time.perf_counter()
+    tables = {slug: markdown_table(run_model(slug, split, OUT)) for slug in slugs}
+    for slug, table in tables.items():
+        print(f"\n{slug} (held-out questions, all {len(split.corpus)} answers ranked)\n{table}", flush=True)
+    print(json.dumps({"total_seconds": round(time.perf_counter() - started, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
