@@ -39,8 +39,8 @@ RECIPES = {
     "all-minilm-l6-v2": Recipe("model_configs/all-minilm-l6-v2.yaml", TrainSettings(
         rank=16, alpha=32, epochs=3, batch_size=32, learning_rate=2e-4, max_seq_len=256, seed=0)),
     "smollm2-135m": Recipe("model_configs/smollm2-135m.yaml", TrainSettings(
-        rank=16, alpha=32, targets=("q_proj", "k_proj", "v_proj", "o_proj"), steps=40, batch_size=16,
-        learning_rate=5e-4, max_seq_len=128, seed=0)),
+        rank=16, alpha=32, targets=("q_proj", "k_proj", "v_proj", "o_proj"), steps=60, batch_size=16,
+        learning_rate=2e-3, max_seq_len=128, seed=0)),
 }
 
 
@@ -112,6 +112,7 @@ def run_model(slug: str, split, out_dir: Path) -> dict:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per encode call otherwise
     slugs = argv or list(RECIPES)
     unknown = [s for s in slugs if s not in RECIPES]
     if unknown:
