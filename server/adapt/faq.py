@@ -42,11 +42,12 @@ def split_faq(records: list[dict]) -> FaqSplit:
     by_category: dict[str, list[dict]] = defaultdict(list)
     for record in records:
         by_category[record["category"]].append(record)
-    train, test = [], []
+    train, test, answers = [], [], []
     for category in sorted(by_category):
         for position, record in enumerate(sorted(by_category[category], key=lambda r: r["id"]), start=1):
             (test if position % HOLD_OUT_EVERY == 0 else train).append(Pair(record["q"], record["a"]))
-    return FaqSplit(train=train, test=test, corpus=list(dict.fromkeys(r["a"] for r in records)))
+            answers.append(record["a"])
+    return FaqSplit(train=train, test=test, corpus=list(dict.fromkeys(answers)))
 
 
 def write_split(split: FaqSplit, folder: Path) -> dict[str, Path]:
