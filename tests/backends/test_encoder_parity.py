@@ -115,3 +115,24 @@ def test_max_seq_len_past_the_positions_is_a_config_error(encoder):
     _, folder, _, model = encoder
     with pytest.raises(ConfigError, match=r"max_seq_len 512 exceeds the 6[45] positions"):
         read_layout(folder, dataclasses.replace(model.config, max_seq_len=512))
+
+
+def test_bge_style_adapter_served_over_http_equals_peft(encoder):
+    """The seeds' example end to end: an XLM-R encoder with a query/key/value PEFT adapter, served by a
+    live server, base and adapter items through the real SIE SDK, against PEFT (normalised)."""
+    from sie_sdk import SIEClient
+    from sie_sdk.types import Item
+
+    from tests.conftest import LiveServer, build_app
+
+    kind, folder, adapters, model = encoder
+    if kind != "xlm-roberta":
+        pytest.skip("the bge-m3-style case is the XLM-R one")
+    app, _ = build_app(model.config)
+    with LiveServer(app) as server, SIEClient(server.url) as client:
+        adapted = np.stack([r["dense"] for r in client.encode(model.config.name, [Item(text=t) for t in TEXTS],
+                                                              options={"lora_id": "bge"})])
+        base = np.stack([r["dense"] for r in client.encode(model.config.name, [Item(text=t) for t in TEXTS])])
+    reference = peft_mixed(folder, adapters, TEXTS * 2, ["bge"] * len(TEXTS) + [None] * len(TEXTS), "cls")
+    reference /= np.linalg.norm(reference, axis=1, keepdims=True)
+    assert np.abs(np.concatenate([adapted, base]) - reference).max() <= 1e-5

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import httpx
 import pytest
@@ -14,6 +15,16 @@ from server.adapt.pairs import pair_records, write_jsonl
 from server.cli import main
 from tests.adapt.test_train import PAIRS
 from tests.conftest import DEMO_MODEL, DEMO_YAML, LiveServer, build_app
+
+
+@pytest.fixture(autouse=True)
+def root_logging_restored():
+    """`main` points the root logger at this test's captured stderr; later tests must not write there."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="module")
