@@ -68,7 +68,7 @@ class LocalModel:
         preload = config.adapters.preloaded
         with startup_progress(f"loading {self.name}", 1 + len(preload), log) as progress:
             self.tokenizer = await asyncio.to_thread(load_tokenizer, config)
-            await self.backend.start()
+            await self.backend.start(slots=self.adapters.capacity)
             hidden = self.backend.info.hidden_size
             if config.dims is not None and config.dims > hidden:
                 raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "

@@ -47,8 +47,9 @@ class Backend(ABC):
     """One loaded base model with adapter slots."""
 
     @abstractmethod
-    async def start(self) -> None:
-        """Load the base model (blocking work runs off the event loop)."""
+    async def start(self, slots: int) -> None:
+        """Load the base model with room for `slots` resident adapters (the registry's capacity; it
+        installs at slots 0..slots-1). Blocking work runs off the event loop."""
 
     @property
     @abstractmethod

@@ -26,7 +26,7 @@ class DryRunBackend(Backend):
     def info(self) -> BackendInfo:
         return self._info
 
-    async def start(self) -> None:
+    async def start(self, slots: int) -> None:
         folder = await asyncio.to_thread(resolve_source, self.config.model_path, kind="model")
         self.layout = read_layout(folder, self.config)
         shapes, hidden = await asyncio.to_thread(meta_linear_shapes, folder, self.config.adapters.lora_target_modules)

@@ -82,7 +82,7 @@ class SGLangBackend(Backend):
         return self._info
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, slots: int) -> None:  # SGLang sizes its own adapter pool
         await asyncio.to_thread(self._launch)
 
     def _launch(self) -> None:

@@ -18,7 +18,14 @@ from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import DTYPES, linear_targets, load_encoder, pad_rows, pooled_forward, shapes_of
 from server.config import ModelConfig, ServerSettings
-from server.lora.mixed_linear import SegmentPlan, install_adapter, plan_segments, remove_adapter, wrap_linears
+from server.lora.mixed_linear import (
+    SegmentPlan,
+    install_adapter,
+    plan_segments,
+    pool_bytes,
+    remove_adapter,
+    wrap_linears,
+)
 from server.lora.peft_format import LoraAdapter
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
@@ -47,16 +54,19 @@ class TorchBackend(Backend):
         return self._info
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._load)
+    async def start(self, slots: int) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._load, slots)
 
-    def _load(self) -> None:
+    def _load(self, slots: int) -> None:
         folder = resolve_source(self.config.model_path, kind="model")
         self.layout = read_layout(folder, self.config)
         log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
         model = load_encoder(folder, self.dtype, self.device)
         linears = linear_targets(model, self.config.adapters.lora_target_modules)
-        self._layers = wrap_linears(model, linears, self._plan)
+        self._layers = wrap_linears(model, linears, self._plan, slots=slots,
+                                    max_rank=self.config.adapters.max_lora_rank)
+        log.info("%s: adapter pool of %d slots up to rank %d: %.1f MiB", self.config.name, slots,
+                 self.config.adapters.max_lora_rank, pool_bytes(self._layers) / 2**20)
         self.model = model
         self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
                                  description=f"{folder} on {self.device} ({self.dtype}, "
@@ -109,11 +119,11 @@ class TorchBackend(Backend):
             raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
         order = sorted(range(len(slots)), key=slots.__getitem__)
         input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
-        self._plan.segments = plan_segments([slots[i] for i in order])
+        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
         try:
             pooled = pooled_forward(self.model, input_ids, lengths, self.layout).float()
         finally:
-            self._plan.segments = ()
+            self._plan.clear()
         result = torch.empty_like(pooled)
         result[torch.tensor(order, device=pooled.device)] = pooled
         return result.cpu().numpy()

@@ -7,12 +7,14 @@ in place into the base output with `addmm_` on contiguous views (Punica's SGMV, 
 at most `max_loras_per_batch` segments). PEFT's mixed batch instead gathers `x[idx]` and
 scatter-adds per adapter in every layer, which costs copies and index kernels, not FLOPs.
 
-Each linear keeps its adapters' weights by slot (`A` as [r, in], the scaled `B` stored transposed as
-[r, out] so both matmuls read contiguous memory) at their own rank: padding every adapter to the
-pool's largest rank would waste FLOPs and memory when ranks differ. With many small segments (one or
-two rows per adapter) the per-call cost of tiny GEMMs dominates, so past `BMM_MIN_SEGMENTS` the
-adapter rows go through one gathered batched matmul per linear instead (Punica's BGMV shape):
-measured on 2 CPU cores, 64 one-row adapters cost +21% over base with the loop and +10% with bmm.
+Each linear keeps every slot's adapter in two buffers allocated once, `A` as [slots, max_rank, in]
+and the scaled `B` transposed as [slots, max_rank, out], so installs and evictions are in-place copies
+and the tensors the forward reads never change shape or address. The segment loop reads each adapter at
+its own rank (padding every adapter to the largest rank would waste FLOPs when ranks differ). With many
+small segments (one or two rows per adapter) the per-call cost of tiny GEMMs dominates, so past
+`BMM_MIN_SEGMENTS` the adapter rows go through one gathered batched matmul per linear instead (Punica's
+BGMV shape), at the largest installed rank: measured on 2 CPU cores, 64 one-row adapters cost +21% over
+base with the loop and +10% with bmm.
 """
 
 from __future__ import annotations
@@ -35,20 +37,36 @@ class Segment:
 
 
 class SegmentPlan:
-    """The row segments of the forward pass now running (one per backend, set by its worker thread)."""
+    """The row segments of the forward pass now running (one per backend, set by its worker thread), and
+    for the gathered path each adapter row's slot as a device tensor (built once per batch)."""
 
     def __init__(self) -> None:
         self.segments: tuple[Segment, ...] = ()
+        self.row_slots: torch.Tensor | None = None
+
+    def publish(self, segments: tuple[Segment, ...], device: torch.device | str) -> None:
+        self.segments = segments
+        self.row_slots = None
+        if len(segments) >= BMM_MIN_SEGMENTS:
+            slots = [seg.slot for seg in segments for _ in range(seg.stop - seg.start)]
+            self.row_slots = torch.tensor(slots, device=device)
+
+    def clear(self) -> None:
+        self.segments, self.row_slots = (), None
 
 
 class MixedLoraLinear(nn.Module):
-    """A base `nn.Linear` plus per-slot LoRA weights applied to the rows of the current plan."""
+    """A base `nn.Linear` plus preallocated per-slot LoRA buffers applied to the rows of the current plan."""
 
-    def __init__(self, base: nn.Linear, plan: SegmentPlan):
+    def __init__(self, base: nn.Linear, plan: SegmentPlan, slots: int, max_rank: int):
         super().__init__()
         self.base = base
         self.plan = plan
-        self.weights: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        weight = base.weight
+        self.register_buffer("a", weight.new_zeros(slots, max_rank, base.in_features), persistent=False)
+        self.register_buffer("bt", weight.new_zeros(slots, max_rank, base.out_features), persistent=False)
+        self.ranks = [0] * slots  # 0: nothing installed at that slot for this layer
+        self.live_rank = 0  # the largest installed rank (the gathered path's width)
 
     @property
     def in_features(self) -> int:
@@ -59,66 +77,75 @@ class MixedLoraLinear(nn.Module):
         return self.base.out_features
 
     def set_slot(self, slot: int, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
-        self.weights[slot] = (a.contiguous(), (b * scaling).t().contiguous())
+        rank = a.shape[0]
+        self.a[slot].zero_()
+        self.bt[slot].zero_()
+        self.a[slot, :rank].copy_(a)
+        self.bt[slot, :rank].copy_((b * scaling).t())
+        self.ranks[slot] = rank
+        self.live_rank = max(self.ranks)
 
     def clear_slot(self, slot: int) -> None:
-        self.weights.pop(slot, None)
+        if self.ranks[slot]:
+            self.a[slot].zero_()
+            self.bt[slot].zero_()
+            self.ranks[slot] = 0
+            self.live_rank = max(self.ranks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         segments = self.plan.segments
-        if not self.weights or not segments:
+        if not self.live_rank or not segments:
             return y
-        if len(segments) >= BMM_MIN_SEGMENTS and x.dim() == 3:
+        if self.plan.row_slots is not None and x.dim() == 3:
             self._gathered(x, y, segments)
             return y
         for seg in segments:
-            pair = self.weights.get(seg.slot)
-            if pair is None:
+            rank = self.ranks[seg.slot]
+            if not rank:  # this adapter does not touch this layer
                 continue
-            a, bt = pair
             xs = x[seg.start:seg.stop].reshape(-1, x.shape[-1])
             ys = y[seg.start:seg.stop].view(-1, y.shape[-1])
-            ys.addmm_(xs @ a.t(), bt)
+            ys.addmm_(xs @ self.a[seg.slot, :rank].t(), self.bt[seg.slot, :rank])
         return y
 
     def _gathered(self, x: torch.Tensor, y: torch.Tensor, segments: tuple[Segment, ...]) -> None:
-        """One bmm pair over all adapter rows (they are contiguous: base rows sort first)."""
-        pairs = [self.weights.get(seg.slot) for seg in segments]
-        rank = max((p[0].shape[0] for p in pairs if p is not None), default=0)
-        if rank == 0:
-            return
-        a_rows, bt_rows = [], []
-        for seg, pair in zip(segments, pairs):
-            if pair is None:  # this adapter does not touch this layer: a zero update for its rows
-                pair = (x.new_zeros(rank, x.shape[-1]), x.new_zeros(rank, y.shape[-1]))
-            elif pair[0].shape[0] < rank:  # mixed ranks: zero-pad to the largest in the batch
-                pad = rank - pair[0].shape[0]
-                pair = (torch.nn.functional.pad(pair[0], (0, 0, 0, pad)),
-                        torch.nn.functional.pad(pair[1], (0, 0, 0, pad)))
-            a_rows += [pair[0]] * (seg.stop - seg.start)
-            bt_rows += [pair[1]] * (seg.stop - seg.start)
+        """One bmm pair over all adapter rows (they are contiguous: base rows sort first). Slots this
+        layer lacks, and ranks below the largest, are zeros in the buffers: a zero update."""
+        rank = self.live_rank
         start, stop = segments[0].start, segments[-1].stop
-        a = torch.stack(a_rows)  # [rows, r, in]
-        bt = torch.stack(bt_rows)  # [rows, r, out]
+        a = self.a[:, :rank].index_select(0, self.plan.row_slots)  # [rows, r, in]
+        bt = self.bt[:, :rank].index_select(0, self.plan.row_slots)  # [rows, r, out]
         y[start:stop].baddbmm_(torch.bmm(x[start:stop], a.transpose(1, 2)), bt)
 
 
-def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: SegmentPlan) -> dict[str, MixedLoraLinear]:
-    """Replace each named Linear in `model` by a MixedLoraLinear sharing `plan`."""
+def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: SegmentPlan, *, slots: int,
+                 max_rank: int) -> dict[str, MixedLoraLinear]:
+    """Replace each named Linear in `model` by a MixedLoraLinear sharing `plan`, with buffers for `slots`
+    adapters of rank up to `max_rank`."""
     wrapped = {}
     for name, linear in linears.items():
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = MixedLoraLinear(linear, plan)
+        layer = MixedLoraLinear(linear, plan, slots, max_rank)
         setattr(parent, leaf, layer)
         wrapped[name] = layer
     return wrapped
 
 
 def install_adapter(layers: dict[str, MixedLoraLinear], slot: int, adapter: LoraAdapter) -> None:
-    for path, module in adapter.modules.items():
-        layers[path].set_slot(slot, module.a, module.b, module.scaling)
+    """Copy the adapter into `slot` of every layer it targets, clearing the slot where it targets none."""
+    for path, layer in layers.items():
+        module = adapter.modules.get(path)
+        if module is None:
+            layer.clear_slot(slot)
+        else:
+            layer.set_slot(slot, module.a, module.b, module.scaling)
+
+
+def pool_bytes(layers: dict[str, MixedLoraLinear]) -> int:
+    """Memory the preallocated adapter buffers take."""
+    return sum(layer.a.nbytes + layer.bt.nbytes for layer in layers.values())
 
 
 def remove_adapter(layers: dict[str, MixedLoraLinear], slot: int) -> None:

@@ -210,9 +210,9 @@ class SlowStartBackend(TorchBackend):
 
     release = threading.Event()
 
-    async def start(self):
+    async def start(self, slots):
         await asyncio.to_thread(self.release.wait, 30)
-        await super().start()
+        await super().start(slots)
 
 
 def test_model_loading_then_ready(demo_config):
