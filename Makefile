@@ -8,7 +8,7 @@ PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 REPLICAS ?= 2
 
-.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real real demo-adapter check clean
+.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-gpu real demo-adapter bench-gpu check clean
 
 venv: $(STAMP)
 
@@ -65,6 +65,16 @@ test-real: $(VENV)/.real-installed
 DEMO_MODELS ?= all-minilm-l6-v2 smollm2-135m
 demo-adapter: $(VENV)/.real-installed
 	$(BIN)/python -m server.adapt.demo $(DEMO_MODELS)
+
+# GPU engine measurements (a CUDA machine; the packages may be preinstalled there rather than in .venv).
+BENCH_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
+bench-gpu:
+	mkdir -p benchmarks/out/gpu
+	$(BENCH_PY) benchmarks/gpu/torch_bench.py --json benchmarks/out/gpu/torch_bench.json
+	$(BENCH_PY) benchmarks/gpu/serve_bench.py --json benchmarks/out/gpu/serve_bench.json
+
+test-gpu:
+	$(BENCH_PY) -m pytest -q -m gpu tests/gpu
 
 clean:
 	rm -rf $(VENV) .venv-sglang .cache .pytest_cache

@@ -41,6 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=200, help="requests per cell (upper bound)")
     parser.add_argument("--seconds", type=float, default=20.0, help="time cap per cell")
     parser.add_argument("--compare-inprocess", action="store_true")
+    parser.add_argument("--device", default="auto", help="the in-process side's device (the server picks auto)")
     parser.add_argument("--words", type=lambda v: tuple(int(x) for x in v.split(",")), default=(4, 40),
                         help="words per item: MIN,MAX")
     parser.add_argument("--replicas", type=int, help="start the server scaled out on Ray Serve (needs .[ray])")
@@ -158,7 +159,8 @@ async def inprocess_sweep(args, cells) -> dict:
     from server.config import ServerSettings, load_model_config
     from server.options import EncodeOptions
 
-    model = await load_model(load_model_config(args.config), ServerSettings(device="cpu"), backend="torch")
+    model = await load_model(load_model_config(args.config), ServerSettings(device=args.device),
+                             backend="torch")
     model.batcher.start()
 
     async def send(texts, adapter):

@@ -1,0 +1,88 @@
+"""The GPU engine's in-process table: base tokens/s, paired LoRA overheads (one adapter, 8 mixed on q/k/v/o
+and on all seven linears, 64 mixed) and PEFT's mixed batch, at each batch shape of the grid, plus the
+single-query latency; one model and one set of adapters built once, measured as benchmarks/lora_overhead.py
+does (variants interleaved, medians of paired ratios).
+
+    python benchmarks/gpu/torch_bench.py --json benchmarks/out/gpu/torch_bench.json   # H100: 0.6B shapes, bf16
+    python benchmarks/gpu/torch_bench.py --device cpu --dtype float32 --layers 1 --hidden 64 ...  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+TARGETS = {"base_tokens_per_s_64x512": 340_000, "overhead_all7_mixed8_64x512": 0.08, "overhead_1_qkvo_64x512": 0.05,
+           "overhead_all7_mixed8_16x256": 0.20, "single_query_ms": 5.0}
+
+
+def overhead_module():
+    spec = importlib.util.spec_from_file_location("lora_overhead", HERE.parent / "lora_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--grid", default="64x512,16x256,64x128", help="rows x tokens per batch")
+    parser.add_argument("--single-tokens", type=int, default=256)
+    parser.add_argument("--layers", default="28")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--rounds", default="10")
+    parser.add_argument("--json")
+    return parser.parse_known_args(argv)
+
+
+def measure_shape(bench, args, assets, model, peft_pair, rows: int, tokens: int) -> dict:
+    args.rows, args.tokens = rows, tokens
+    variants, shapes = bench.make_variants(args, assets, model, peft_pair)
+    return bench.report(args, bench.measure(variants, args.rounds, args.device), shapes)
+
+
+def summary(cells: dict, single: dict) -> dict:
+    """The issue's headline numbers, each beside its target."""
+    flat = {}
+    for shape, cell in cells.items():
+        flat[f"base_tokens_per_s_{shape}"] = cell["tokens_per_s"]["base"]
+        for key in ("overhead_1_qkvo", "overhead_qkvo_mixed8", "overhead_all7_mixed8", "overhead_all7_mixed64",
+                    "overhead_peft_all7_mixed8", "speedup_vs_peft_mixed8"):
+            if key in cell:
+                flat[f"{key}_{shape}"] = round(cell[key], 4)
+    flat["single_query_ms"] = single["median_ms"]["base"]
+    flat["single_query_adapter_ms"] = single["median_ms"]["ours_1_qkvo"]
+    return {key: {"measured": value, "target": TARGETS.get(key)} for key, value in flat.items()}
+
+
+def main(argv=None) -> dict:
+    own, rest = parse_args(argv)
+    bench = overhead_module()
+    grid = [tuple(int(n) for n in cell.split("x")) for cell in own.grid.split(",")]
+    args = bench.parse_args([*rest, "--layers", own.layers, "--device", own.device, "--dtype", own.dtype,
+                             "--rounds", own.rounds])
+    with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
+        assets = bench.build_assets(args, Path(tmp))
+        model = bench.our_model(args, assets)
+        peft_pair = None if args.no_peft else bench.peft_model(args, assets)
+        cells = {f"{r}x{t}": measure_shape(bench, args, assets, model, peft_pair, r, t) for r, t in grid}
+        single = measure_shape(bench, args, assets, model, None, 1, own.single_tokens)
+        asyncio.run(model.backend.close())
+    first = next(iter(cells.values()))
+    result = {"summary": summary(cells, single), "cells": cells, "single": single,
+              "machine": first["machine"], "torch": first["torch"], "commit": first["commit"]}
+    text = json.dumps(result, indent=2)
+    print(json.dumps(result["summary"], indent=2))
+    if own.json:
+        Path(own.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(own.json).write_text(text)
+    return result
+
+
+if __name__ == "__main__":
+    main()

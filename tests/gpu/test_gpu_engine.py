@@ -1,0 +1,87 @@
+"""The torch backend on CUDA (`make test-gpu`; skipped without a GPU): bf16 mixed batches against an fp32
+PEFT reference (ours no further from fp32 than PEFT in bf16 is, plus 1e-4), batch invariance, and
+adapters installed and evicted in place while the model serves."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import loaded_model, token_batch
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+ADAPTERS = [None, "legal", "medical", "finance"]
+TEXTS = ["What is the statute of limitations for breach of contract?", "hello",
+         "Aspirin reduces the risk of myocardial infarction in patients with high blood pressure, and more."]
+
+
+def unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def gpu_model(demo_config, demo_dirs):
+    model = loaded_model(dataclasses.replace(demo_config, dtype="bfloat16"), device="cuda")
+    yield model
+    asyncio.run(model.backend.close())
+
+
+def peft_vectors(demo_dirs, rows, names, dtype):
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=dtype).cuda().eval()
+    model = PeftModel.from_pretrained(base, demo_dirs["legal"], adapter_name="legal")
+    for name in ("medical", "finance"):
+        model.load_adapter(demo_dirs[name], adapter_name=name)
+    out = []
+    with torch.no_grad():
+        for ids, name in zip(rows, names):
+            inputs = torch.tensor([ids], device="cuda")
+            if name is None:
+                with model.disable_adapter():
+                    hidden = model(input_ids=inputs).last_hidden_state
+            else:
+                model.set_adapter(name)
+                hidden = model(input_ids=inputs).last_hidden_state
+            out.append(hidden[0, -1].float().cpu().numpy())
+    return np.stack(out)
+
+
+def test_bf16_mixed_batch_is_as_close_to_fp32_as_peft_bf16(gpu_model, demo_dirs):
+    rows = gpu_model.tokenizer.tokenize(TEXTS * len(ADAPTERS)).input_ids
+    names = [a for a in ADAPTERS for _ in TEXTS]
+    ours = unit(gpu_model.backend.embed_sync(token_batch(gpu_model, rows, names)))
+    exact = unit(peft_vectors(demo_dirs, rows, names, torch.float32))
+    peft_bf16 = unit(peft_vectors(demo_dirs, rows, names, torch.bfloat16))
+    ours_error = 1 - (ours * exact).sum(1)
+    peft_error = 1 - (peft_bf16 * exact).sum(1)
+    assert (ours_error <= peft_error + 1e-4).all(), (ours_error, peft_error)
+
+
+def test_row_alone_equals_row_in_mixed_batch(gpu_model):
+    rows = gpu_model.tokenizer.tokenize(TEXTS * len(ADAPTERS)).input_ids
+    names = [a for a in ADAPTERS for _ in TEXTS]
+    batch = unit(gpu_model.backend.embed_sync(token_batch(gpu_model, rows, names)))
+    for index, (row, name) in enumerate(zip(rows, names)):
+        alone = unit(gpu_model.backend.embed_sync(token_batch(gpu_model, [row], [name])))[0]
+        assert (alone * batch[index]).sum() >= 0.9999
+
+
+def test_install_and_evict_in_place_while_serving(gpu_model):
+    backend = gpu_model.backend
+    layer = next(iter(backend._layers.values()))
+    address = (layer.a.data_ptr(), layer.bt.data_ptr())
+    rows = gpu_model.tokenizer.tokenize(TEXTS).input_ids
+    before = backend.embed_sync(token_batch(gpu_model, rows, ["legal"] * len(rows)))
+    asyncio.run(gpu_model.adapters.unload("legal", force=True))
+    asyncio.run(gpu_model.adapters.load("legal"))
+    after = backend.embed_sync(token_batch(gpu_model, rows, ["legal"] * len(rows)))
+    assert (layer.a.data_ptr(), layer.bt.data_ptr()) == address
+    assert np.abs(unit(before) - unit(after)).max() <= 1e-3
