@@ -83,18 +83,25 @@ def embed_rows(demo_model):
     return lambda rows, adapters: demo_model.backend.embed_sync(token_batch(demo_model, rows, adapters))
 
 
-@pytest.fixture(scope="session")
-def peft_reference(demo_dirs):
-    """embed(ids, adapter) -> last-token vector from PEFT (PeftModel with that adapter), unnormalised."""
+def peft_demo_model(demo_dirs, dtype=None, device: str = "cpu"):
+    """The demo base model under PEFT with the three demo adapters loaded, in eval mode."""
     import torch
     from peft import PeftModel
     from transformers import AutoModel
 
-    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=torch.float32).eval()
+    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=dtype or torch.float32).to(device).eval()
     model = PeftModel.from_pretrained(base, demo_dirs["legal"], adapter_name="legal")
     for name in ("medical", "finance"):
         model.load_adapter(demo_dirs[name], adapter_name=name)
-    model.eval()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def peft_reference(demo_dirs):
+    """embed(ids, adapter) -> last-token vector from PEFT (PeftModel with that adapter), unnormalised."""
+    import torch
+
+    model = peft_demo_model(demo_dirs)
 
     @torch.no_grad()
     def embed(ids: list[int], adapter: str | None):

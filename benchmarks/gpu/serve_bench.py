@@ -9,21 +9,20 @@ round-robin with base; benchmarks/serve_load.py drives both sides and reports th
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import importlib
+import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]  # the scripts this one drives
 QWEN3_VOCAB = 151669  # the real tokenizer's ids must index the embedding
 
 
 def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, HERE.parent / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def parse_args(argv=None):

@@ -11,21 +11,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import importlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+BENCHMARKS = Path(__file__).resolve().parents[1]  # the scripts this one drives
 TARGETS = {"base_tokens_per_s_64x512": 340_000, "overhead_all7_mixed8_64x512": 0.08, "overhead_1_qkvo_64x512": 0.05,
            "overhead_all7_mixed8_16x256": 0.20, "single_query_ms": 5.0}
-
-
-def overhead_module():
-    spec = importlib.util.spec_from_file_location("lora_overhead", HERE.parent / "lora_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -62,7 +56,8 @@ def summary(cells: dict, single: dict) -> dict:
 
 def main(argv=None) -> dict:
     own, rest = parse_args(argv)
-    bench = overhead_module()
+    sys.path.insert(0, str(BENCHMARKS))
+    bench = importlib.import_module("lora_overhead")
     grid = [tuple(int(n) for n in cell.split("x")) for cell in own.grid.split(",")]
     args = bench.parse_args([*rest, "--layers", own.layers, "--device", own.device, "--dtype", own.dtype,
                              "--rounds", own.rounds])

@@ -56,7 +56,7 @@ def eval_parser() -> argparse.ArgumentParser:
 def run_train(argv: list[str]) -> int:
     import torch
 
-    from server.adapt.train import TrainSettings, train_adapter
+    from server.adapt.train import TrainSettings, log_progress, train_adapter
 
     args = train_parser().parse_args(argv)
     out = Path(args.out)
@@ -72,14 +72,7 @@ def run_train(argv: list[str]) -> int:
         max_seq_len=args.max_seq_len, instruction=args.instruction)
     pairs = read_pairs(args.pairs)
     log.info("training %s adapter on %d pairs from %s", config.name, len(pairs), args.pairs)
-
-    def progress(report) -> None:
-        if report.step == 1 or report.step % 5 == 0 or report.step == report.total:
-            eta = report.seconds * (report.total - report.step)
-            log.info("step %d/%d  loss %.4f  %.2f s/step  eta %.0f s", report.step, report.total, report.loss,
-                     report.seconds, eta)
-
-    losses = train_adapter(config, pairs, settings, out, on_step=progress)
+    losses = train_adapter(config, pairs, settings, out, on_step=log_progress)
     log.info("wrote %s (loss %.4f -> %.4f)", out, losses[0], losses[-1])
     print(out, flush=True)
     return 0

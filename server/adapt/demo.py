@@ -20,7 +20,7 @@ from pathlib import Path
 
 from server.adapt.evaluate import EvalTask, evaluate, markdown_table, write_report
 from server.adapt.faq import faq_records, split_faq, write_split
-from server.adapt.train import StepReport, TrainSettings, train_adapter
+from server.adapt.train import TrainSettings, log_progress, train_adapter
 from server.config import load_model_config
 from server.demo_assets import cache_dir
 
@@ -85,18 +85,13 @@ def hot_load(url: str, model: str, adapter: str) -> dict:
     return response.json()
 
 
-def progress(report: StepReport) -> None:
-    if report.step == 1 or report.step % 5 == 0 or report.step == report.total:
-        log.info("step %d/%d  loss %.4f  %.2f s/step", report.step, report.total, report.loss, report.seconds)
-
-
 def run_model(slug: str, split, out_dir: Path) -> dict:
     recipe = RECIPES[slug]
     config = load_model_config(recipe.config)
     adapter_dir = Path(config.lora_roots[0]) / ADAPTER
     log.info("%s: training %s on %d pairs", slug, ADAPTER, len(split.train))
     started = time.perf_counter()
-    losses = train_adapter(config, split.train, recipe.train, adapter_dir, on_step=progress)
+    losses = train_adapter(config, split.train, recipe.train, adapter_dir, on_step=log_progress)
     trained_s = time.perf_counter() - started
     with served(recipe.config) as url:
         hot_load(url, config.name, ADAPTER)

@@ -69,6 +69,13 @@ class StepReport:
     seconds: float
 
 
+def log_progress(report: StepReport) -> None:
+    """A progress line for the first step, every fifth and the last."""
+    if report.step == 1 or report.step % 5 == 0 or report.step == report.total:
+        log.info("step %d/%d  loss %.4f  %.2f s/step  eta %.0f s", report.step, report.total, report.loss,
+                 report.seconds, report.seconds * (report.total - report.step))
+
+
 class Embedder:
     """The serving path's text -> normalised vector, differentiable, over a PEFT-wrapped model."""
 
@@ -174,7 +181,7 @@ def save_adapter(model, config: ModelConfig, settings: TrainSettings, losses: li
         adapter_config["base_model_name_or_path"] = config.name
         (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
         record = {"model": config.name, "pairs": pair_count, "losses": losses,
-                  "settings": {k: v for k, v in dataclasses.asdict(settings).items()}}
+                  "settings": dataclasses.asdict(settings)}
         (staging / "training.json").write_text(json.dumps(record, indent=2))
         os.chmod(staging, 0o755)
         if out.exists():

@@ -8,8 +8,8 @@ import json
 from tests.conftest import REPO
 
 
-def load(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+def load(name: str, folder: str = "benchmarks"):
+    spec = importlib.util.spec_from_file_location(name, REPO / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -43,18 +43,12 @@ TINY = ["--layers", "1", "--hidden", "64", "--heads", "4", "--kv-heads", "2", "-
         "--intermediate", "128", "--dtype", "float32"]
 
 
-def load_gpu(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / "gpu" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_gpu_torch_bench_smoke(tmp_path):
     """`make bench-gpu`'s in-process table, at tiny shapes on the CPU."""
     out = tmp_path / "torch_bench.json"
-    result = load_gpu("torch_bench").main([*TINY, "--device", "cpu", "--grid", "4x16,2x8", "--single-tokens", "8",
-                                           "--rounds", "2", "--many", "20", "--json", str(out)])
+    bench = load("torch_bench", "benchmarks/gpu")
+    result = bench.main([*TINY, "--device", "cpu", "--grid", "4x16,2x8", "--single-tokens", "8", "--rounds", "2",
+                         "--many", "20", "--json", str(out)])
     assert set(result["cells"]) == {"4x16", "2x8"}
     summary = json.loads(out.read_text())["summary"]
     assert summary["single_query_ms"]["target"] == 5.0 and summary["single_query_ms"]["measured"] > 0
@@ -63,7 +57,8 @@ def test_gpu_torch_bench_smoke(tmp_path):
 
 def test_gpu_serve_bench_smoke(tmp_path):
     """`make bench-gpu`'s HTTP vs in-process run, at tiny shapes on the CPU: every request answered."""
-    report = load_gpu("serve_bench").main([*TINY, "--concurrency", "1,2", "--items", "1,2", "--words", "5,10",
-                                           "--requests", "4", "--seconds", "5", "--json", str(tmp_path / "s.json")])
+    bench = load("serve_bench", "benchmarks/gpu")
+    report = bench.main([*TINY, "--concurrency", "1,2", "--items", "1,2", "--words", "5,10", "--requests", "4",
+                         "--seconds", "5", "--json", str(tmp_path / "s.json")])
     assert set(report["http_efficiency"]) == {"c1_i1", "c2_i1", "c1_i2", "c2_i2"}
     assert all(cell["ok"] == cell["requests"] for cell in report["http"].values())

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import loaded_model, token_batch
+from tests.conftest import loaded_model, peft_demo_model, token_batch
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -33,13 +33,7 @@ def gpu_model(demo_config, demo_dirs):
 
 
 def peft_vectors(demo_dirs, rows, names, dtype):
-    from peft import PeftModel
-    from transformers import AutoModel
-
-    base = AutoModel.from_pretrained(demo_dirs["model"], dtype=dtype).cuda().eval()
-    model = PeftModel.from_pretrained(base, demo_dirs["legal"], adapter_name="legal")
-    for name in ("medical", "finance"):
-        model.load_adapter(demo_dirs[name], adapter_name=name)
+    model = peft_demo_model(demo_dirs, dtype, "cuda")
     out = []
     with torch.no_grad():
         for ids, name in zip(rows, names):
