@@ -20,6 +20,7 @@ BACKENDS = ("auto", "torch", "sglang")
 DTYPES = ("float32", "float16", "bfloat16")
 # auto: sentence-transformers' Pooling module when the folder has one, else cls for encoders, last for decoders.
 POOLINGS = ("auto", "last", "mean", "cls")
+SWITCHES = ("auto", "on", "off")  # `compile` and `cuda_graphs` (torch backend): auto = on where it pays (CUDA)
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
 SGLANG_PASSTHROUGH = frozenset({
     "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",
@@ -106,6 +107,8 @@ class ModelConfig:
     query_template: str = "{text}"
     default_instruction: str | None = None
     eos_token: str | None = None
+    compile: str = "auto"
+    cuda_graphs: str = "auto"
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
     adapters: AdapterOptions = field(default_factory=AdapterOptions)
@@ -118,6 +121,9 @@ class ModelConfig:
         _require(where, self.dtype in DTYPES, f"'dtype' must be one of {DTYPES}, got {self.dtype!r}")
         _require(where, self.pooling in POOLINGS, f"'pooling' must be one of {POOLINGS}, got {self.pooling!r}")
         _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
+        for key in ("compile", "cuda_graphs"):
+            _require(where, getattr(self, key) in SWITCHES, f"'{key}' must be one of {SWITCHES}, "
+                                                            f"got {getattr(self, key)!r}")
         _require(where, "{text}" in self.query_template, "'query_template' must contain {text}")
         _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
         _require(where, self.min_dims >= 1, "'min_dims' must be >= 1")
@@ -197,6 +203,9 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
         _require(where, isinstance(value, list) and all(isinstance(v, str) for v in value),
                  f"'{key}' must be a list of strings")
         kwargs[key] = tuple(_resolve_local(v, base_dir) if key == "lora_roots" else v for v in value)
+    for key in ("compile", "cuda_graphs"):
+        if isinstance(kwargs.get(key), bool):  # YAML 1.1 reads a bare on/off as a boolean
+            kwargs[key] = "on" if kwargs[key] else "off"
     if "model_path" in kwargs:
         kwargs["model_path"] = _resolve_local(str(kwargs["model_path"]), base_dir)
     try:

@@ -14,7 +14,7 @@ import numpy as np
 from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
-from server.backends.base import Backend
+from server.backends.base import Backend, TokenBatch
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
 from server.logs import startup_progress
@@ -66,7 +66,7 @@ class LocalModel:
         """Tokenizer, base model, then every preloaded adapter (each read once); raises on a problem."""
         config = self.config
         preload = config.adapters.preloaded
-        with startup_progress(f"loading {self.name}", 1 + len(preload), log) as progress:
+        with startup_progress(f"loading {self.name}", 2 + len(preload), log) as progress:
             self.tokenizer = await asyncio.to_thread(load_tokenizer, config)
             await self.backend.start(slots=self.adapters.capacity)
             hidden = self.backend.info.hidden_size
@@ -84,6 +84,9 @@ class LocalModel:
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
             self._check_profiles()
             self._report_roots(roots)
+            if probe is not None:  # compiling and graph capture happen now, not on the first request
+                await self.backend.embed(TokenBatch([probe], [None]))
+            progress.step("warm-up")
         self.state = ModelState.READY
 
     def _report_roots(self, roots) -> None:

@@ -1,8 +1,10 @@
 """Built-in backend: transformers model + MixedLoraLinear layers, one forward per mixed-adapter batch.
 
 Rows are right-padded; decoders run without an attention mask (a real token never sees the padding
-after it, so each row's vector is what it would be alone), encoders with a padding mask. The forward
-runs on one worker thread, which also serialises adapter installs against forwards.
+after it, so each row's vector is what it would be alone), encoders with a padding mask. On the CPU the
+rows are sorted by slot into segments (eager); on CUDA, or when compiled, every row carries its slot
+in a tensor (`static_forward`). The forward runs on one worker thread, which also serialises adapter
+installs against forwards.
 """
 
 from __future__ import annotations
@@ -17,16 +19,11 @@ import torch
 from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import DTYPES, linear_targets, load_encoder, pad_rows, pooled_forward, shapes_of
+from server.backends.static_forward import EngineChoice, StaticForward, choose_engine
 from server.config import ModelConfig, ServerSettings
-from server.lora.mixed_linear import (
-    SegmentPlan,
-    install_adapter,
-    plan_segments,
-    pool_bytes,
-    remove_adapter,
-    wrap_linears,
-)
+from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
 from server.lora.peft_format import LoraAdapter
+from server.lora.plan import SegmentPlan, plan_segments, static_width
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 
@@ -34,7 +31,7 @@ log = logging.getLogger(__name__)
 
 
 class TorchBackend(Backend):
-    def __init__(self, model: ModelConfig, settings: ServerSettings, device: str):
+    def __init__(self, model: ModelConfig, settings: ServerSettings, device: str, engine: EngineChoice | None = None):
         self.config = model
         self.device = device
         dtype = model.dtype if device.startswith("cuda") else "float32"
@@ -42,7 +39,9 @@ class TorchBackend(Backend):
             log.info("%s: torch backend on CPU runs float32 (config asks %s)", model.name, model.dtype)
         self.dtype = DTYPES[dtype]
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model.name}")
-        self._plan = SegmentPlan()
+        self._plan = SegmentPlan(zero_slot=0)
+        self._engine = engine  # None: chosen from the config and device at load
+        self._static: StaticForward | None = None
         self._installed: set[int] = set()  # touched on the worker thread only
         self._layers: dict = {}
         self._info = BackendInfo(hidden_size=0)
@@ -63,11 +62,17 @@ class TorchBackend(Backend):
         log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
         model = load_encoder(folder, self.dtype, self.device)
         linears = linear_targets(model, self.config.adapters.lora_target_modules)
+        self._plan = SegmentPlan(zero_slot=slots)
         self._layers = wrap_linears(model, linears, self._plan, slots=slots,
                                     max_rank=self.config.adapters.max_lora_rank)
         log.info("%s: adapter pool of %d slots up to rank %d: %.1f MiB", self.config.name, slots,
                  self.config.adapters.max_lora_rank, pool_bytes(self._layers) / 2**20)
         self.model = model
+        engine = self._engine or choose_engine(self.config, self.device, self.layout)
+        if engine.static_rows:
+            self._static = StaticForward(model, self.layout, self._plan, engine, device=self.device,
+                                         max_length=self.config.max_seq_len, name=self.config.name)
+        log.info("%s: %s", self.config.name, engine)
         self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
                                  description=f"{folder} on {self.device} ({self.dtype}, "
                                              f"{'encoder' if self.layout.encoder else 'decoder'}, "
@@ -84,6 +89,13 @@ class TorchBackend(Backend):
     def _install(self, slot: int, adapter: LoraAdapter) -> None:
         install_adapter(self._layers, slot, adapter.to(device=self.device, dtype=self.dtype))
         self._installed.add(slot)
+        if self._static is not None:
+            # The width only grows, so an eviction never recompiles or recaptures.
+            largest = max(layer.live_rank for layer in self._layers.values())
+            width = static_width(largest, self.config.adapters.max_lora_rank)
+            self._plan.width = max(self._plan.width, width)
+            if self._static.warm_width is not None:
+                self._static.ensure_warm()
 
     async def remove(self, slot: int) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._remove, slot)
@@ -117,6 +129,11 @@ class TorchBackend(Backend):
         missing = {slot for slot in slots if slot >= 0} - self._installed
         if missing:
             raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
+        if self._static is not None:
+            self._static.ensure_warm()
+            input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
+            row_slots = torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
+            return self._static(input_ids, lengths, row_slots).float().cpu().numpy()
         order = sorted(range(len(slots)), key=slots.__getitem__)
         input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
         self._plan.publish(plan_segments([slots[i] for i in order]), self.device)

@@ -15,57 +15,33 @@ small segments (one or two rows per adapter) the per-call cost of tiny GEMMs dom
 `BMM_MIN_SEGMENTS` the adapter rows go through one gathered batched matmul per linear instead (Punica's
 BGMV shape), at the largest installed rank: measured on 2 CPU cores, 64 one-row adapters cost +21% over
 base with the loop and +10% with bmm.
+
+The static path (CUDA, compiled forwards, CUDA graphs) always takes the gathered shape over every row,
+at one model-wide power-of-two rank width, with base rows reading an extra all-zero slot: no Python
+per segment and no shape that depends on the batch's mix of adapters.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from server.lora.peft_format import LoraAdapter
-
-BMM_MIN_SEGMENTS = 16
-
-
-@dataclass(frozen=True)
-class Segment:
-    start: int
-    stop: int
-    slot: int
-
-
-class SegmentPlan:
-    """The row segments of the forward pass now running (one per backend, set by its worker thread), and
-    for the gathered path each adapter row's slot as a device tensor (built once per batch)."""
-
-    def __init__(self) -> None:
-        self.segments: tuple[Segment, ...] = ()
-        self.row_slots: torch.Tensor | None = None
-
-    def publish(self, segments: tuple[Segment, ...], device: torch.device | str) -> None:
-        self.segments = segments
-        self.row_slots = None
-        if len(segments) >= BMM_MIN_SEGMENTS:
-            slots = [seg.slot for seg in segments for _ in range(seg.stop - seg.start)]
-            self.row_slots = torch.tensor(slots, device=device)
-
-    def clear(self) -> None:
-        self.segments, self.row_slots = (), None
+from server.lora.plan import SegmentPlan
 
 
 class MixedLoraLinear(nn.Module):
-    """A base `nn.Linear` plus preallocated per-slot LoRA buffers applied to the rows of the current plan."""
+    """A base `nn.Linear` plus preallocated per-slot LoRA buffers applied to the rows of the current plan.
+    The buffers hold `slots` adapters and, last, the plan's zero slot."""
 
     def __init__(self, base: nn.Linear, plan: SegmentPlan, slots: int, max_rank: int):
         super().__init__()
         self.base = base
         self.plan = plan
         weight = base.weight
-        self.register_buffer("a", weight.new_zeros(slots, max_rank, base.in_features), persistent=False)
-        self.register_buffer("bt", weight.new_zeros(slots, max_rank, base.out_features), persistent=False)
-        self.ranks = [0] * slots  # 0: nothing installed at that slot for this layer
+        self.register_buffer("a", weight.new_zeros(slots + 1, max_rank, base.in_features), persistent=False)
+        self.register_buffer("bt", weight.new_zeros(slots + 1, max_rank, base.out_features), persistent=False)
+        self.ranks = [0] * (slots + 1)  # 0: nothing installed at that slot for this layer
         self.live_rank = 0  # the largest installed rank (the gathered path's width)
 
     @property
@@ -94,13 +70,15 @@ class MixedLoraLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
-        segments = self.plan.segments
-        if not self.live_rank or not segments:
+        plan = self.plan
+        if plan.row_slots is not None and x.dim() == 3:
+            width = plan.width or self.live_rank
+            if width:
+                self._gathered(x, y, plan.row_slots, plan.span, width)
             return y
-        if self.plan.row_slots is not None and x.dim() == 3:
-            self._gathered(x, y, segments)
+        if not self.live_rank:
             return y
-        for seg in segments:
+        for seg in plan.segments:
             rank = self.ranks[seg.slot]
             if not rank:  # this adapter does not touch this layer
                 continue
@@ -109,14 +87,15 @@ class MixedLoraLinear(nn.Module):
             ys.addmm_(xs @ self.a[seg.slot, :rank].t(), self.bt[seg.slot, :rank])
         return y
 
-    def _gathered(self, x: torch.Tensor, y: torch.Tensor, segments: tuple[Segment, ...]) -> None:
-        """One bmm pair over all adapter rows (they are contiguous: base rows sort first). Slots this
-        layer lacks, and ranks below the largest, are zeros in the buffers: a zero update."""
-        rank = self.live_rank
-        start, stop = segments[0].start, segments[-1].stop
-        a = self.a[:, :rank].index_select(0, self.plan.row_slots)  # [rows, r, in]
-        bt = self.bt[:, :rank].index_select(0, self.plan.row_slots)  # [rows, r, out]
-        y[start:stop].baddbmm_(torch.bmm(x[start:stop], a.transpose(1, 2)), bt)
+    def _gathered(self, x: torch.Tensor, y: torch.Tensor, row_slots: torch.Tensor, span: tuple[int, int] | None,
+                  width: int) -> None:
+        """One bmm pair over the rows of `span` at rank `width`: each row gathers its slot's A and B. Slots
+        this layer lacks, and ranks below the width, are zeros in the buffers: a zero update."""
+        a = self.a[:, :width].index_select(0, row_slots)  # [rows, width, in]
+        bt = self.bt[:, :width].index_select(0, row_slots)  # [rows, width, out]
+        if span is not None:
+            x, y = x[span[0]:span[1]], y[span[0]:span[1]]
+        y.baddbmm_(torch.bmm(x, a.transpose(1, 2)), bt)
 
 
 def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: SegmentPlan, *, slots: int,
@@ -151,15 +130,3 @@ def pool_bytes(layers: dict[str, MixedLoraLinear]) -> int:
 def remove_adapter(layers: dict[str, MixedLoraLinear], slot: int) -> None:
     for layer in layers.values():
         layer.clear_slot(slot)
-
-
-def plan_segments(sorted_slots: list[int]) -> tuple[Segment, ...]:
-    """Runs of equal slots in an already slot-sorted row list; base rows (slot < 0) get no segment."""
-    segments = []
-    start = 0
-    for row in range(1, len(sorted_slots) + 1):
-        if row == len(sorted_slots) or sorted_slots[row] != sorted_slots[start]:
-            if sorted_slots[start] >= 0:
-                segments.append(Segment(start, row, sorted_slots[start]))
-            start = row
-    return tuple(segments)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from server.lora.mixed_linear import BMM_MIN_SEGMENTS
+from server.lora.plan import BMM_MIN_SEGMENTS
 from tests.conftest import token_batch
 
 COUNT = BMM_MIN_SEGMENTS + 4

@@ -1,18 +1,20 @@
 """MixedLoraLinear's preallocated slot buffers: installs and evictions are in-place copies (no shape or
-address changes), mixed ranks, the segment loop and the gathered (BGMV) path against a plain reference."""
+address changes), mixed ranks, the segment loop, the gathered (BGMV) path and the static per-row path
+against a plain reference."""
 
 from __future__ import annotations
 
 import torch
 
-from server.lora.mixed_linear import BMM_MIN_SEGMENTS, MixedLoraLinear, SegmentPlan, plan_segments
+from server.lora.mixed_linear import MixedLoraLinear
+from server.lora.plan import BMM_MIN_SEGMENTS, SegmentPlan, plan_segments, static_width
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 20, 16
 
 
 def make_layer():
     torch.manual_seed(0)
-    plan = SegmentPlan()
+    plan = SegmentPlan(zero_slot=SLOTS)
     return MixedLoraLinear(torch.nn.Linear(IN, OUT), plan, SLOTS, MAX_RANK), plan
 
 
@@ -77,3 +79,33 @@ def test_gathered_path_equals_the_loop_and_sees_evictions():
     layer.clear_slot(4)
     del adapters[4]
     assert torch.allclose(run(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
+
+
+def run_static(layer, plan, x, slots):
+    plan.publish_rows(torch.tensor([plan.zero_slot if slot < 0 else slot for slot in slots]))
+    try:
+        with torch.no_grad():
+            return layer(x)
+    finally:
+        plan.clear()
+
+
+def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
+    layer, plan = make_layer()
+    adapters = {0: adapter(4, 1), 5: adapter(16, 2), 7: adapter(8, 3)}
+    for slot, weights in adapters.items():
+        layer.set_slot(slot, *weights)
+    plan.width = static_width(16, MAX_RANK)
+    slots = [7, -1, 0, 5, -1, 7, 9, 0]  # unsorted, base rows between adapter rows
+    x = torch.randn(len(slots), 6, IN)
+    assert torch.allclose(run_static(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
+    layer.clear_slot(5)
+    adapters[9] = adapter(2, 9)
+    layer.set_slot(9, *adapters[9])
+    del adapters[5]
+    assert torch.allclose(run_static(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
+
+
+def test_static_width_is_a_power_of_two_within_the_pool():
+    assert [static_width(r, 64) for r in (0, 1, 8, 9, 16, 17, 64)] == [0, 8, 8, 16, 16, 32, 64]
+    assert static_width(48, 40) == 40
