@@ -71,6 +71,8 @@ BENCH_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))
 bench-gpu:
 	mkdir -p benchmarks/out/gpu
 	$(BENCH_PY) benchmarks/gpu/torch_bench.py --json benchmarks/out/gpu/torch_bench.json
+	$(BENCH_PY) benchmarks/gpu/torch_bench.py --compile off --cuda-graphs off --no-peft \
+		--json benchmarks/out/gpu/torch_bench_eager.json
 	$(BENCH_PY) benchmarks/gpu/serve_bench.py --json benchmarks/out/gpu/serve_bench.json
 
 test-gpu:

@@ -1,8 +1,9 @@
 """HTTP load generator for the server (loopback only, bounded in requests and time).
 
 Sweeps concurrency x items per request over a mix of adapters and base; reports req/s, items/s,
-tokens/s, p50/p95/p99 latency and errors by code, as JSON and a PNG. `--compare-inprocess` runs the
-same requests through the engine in-process (no HTTP) and prints the HTTP efficiency ratio.
+tokens/s, p50/p95/p99 latency, errors by code and the padded fraction of the forward batches' tokens
+(from `sie_batch_tokens_total`), as JSON and a PNG. `--compare-inprocess` runs the same requests through
+the engine in-process (no HTTP, the same SIE_* settings) and prints the HTTP efficiency ratio.
 
     python benchmarks/serve_load.py --json benchmarks/out/serve_load.json --compare-inprocess
     python benchmarks/serve_load.py --url http://127.0.0.1:8080 --api openai --concurrency 1,8
@@ -142,33 +143,66 @@ def start_server(config: str, replicas: int | None = None) -> tuple[subprocess.P
     return process, url
 
 
-async def run_cell(send, args, concurrency: int, items: int) -> dict:
+async def run_cell(send, args, concurrency: int, items: int, meter=None) -> dict:
+    """One cell; `meter()` gives the server's (real, padding) token totals, for the padded fraction."""
     load = workload(args.requests, items, words=args.words)
+    before = await meter() if meter else None
     latencies, tokens, statuses, elapsed = await drive(send, load, concurrency, args.seconds)
-    return summarise(latencies, tokens, statuses, items, elapsed)
+    cell = summarise(latencies, tokens, statuses, items, elapsed)
+    after = await meter() if meter else None
+    if before is not None and after is not None and after[0] > before[0]:
+        real, padding = after[0] - before[0], after[1] - before[1]
+        cell["padded_fraction"] = round(padding / (real + padding), 4)
+    return cell
 
 
-async def sweep(send, args, cells) -> dict:
+async def sweep(send, args, cells, meter=None) -> dict:
     await drive(send, workload(8, 4, seed=99), 4, 10)  # warm-up
-    return {f"c{c}_i{i}": await run_cell(send, args, c, i) for c, i in cells}
+    return {f"c{c}_i{i}": await run_cell(send, args, c, i, meter) for c, i in cells}
+
+
+def http_meter(client: httpx.AsyncClient, model: str):
+    """(real, padding) from the server's `sie_batch_tokens_total`; None where it has none (scaled out)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def meter():
+        totals = {}
+        for family in text_string_to_metric_families((await client.get("/metrics")).text):
+            for sample in family.samples:
+                if sample.name == "sie_batch_tokens_total" and sample.labels.get("model") == model:
+                    totals[sample.labels["kind"]] = sample.value
+        return (totals["real"], totals.get("padding", 0.0)) if "real" in totals else None
+
+    return meter
 
 
 async def inprocess_sweep(args, cells) -> dict:
     sys.path.insert(0, str(REPO))
     from server.build import load_model
-    from server.config import ServerSettings, load_model_config
+    from server.config import load_model_config, load_server_settings
     from server.options import EncodeOptions
 
-    model = await load_model(load_model_config(args.config), ServerSettings(device=args.device),
-                             backend="torch")
+    # The same SIE_* settings as the server it is compared with (which inherits this environment).
+    settings = load_server_settings(env=os.environ, overrides={"device": args.device})
+    model = await load_model(load_model_config(args.config), settings, backend="torch")
     model.batcher.start()
+    totals = [0, 0]
+
+    def observe(batch):
+        totals[0] += batch.tokens
+        totals[1] += batch.padded_tokens - batch.tokens
+
+    model.batcher.on_batch = observe
 
     async def send(texts, adapter):
         result = await model.encode(texts, EncodeOptions(lora_id=adapter))
         return "200", result.input_tokens
 
+    async def meter():
+        return tuple(totals)
+
     try:
-        return await sweep(send, args, cells)
+        return await sweep(send, args, cells, meter)
     finally:
         await model.batcher.stop()
         await model.backend.close()
@@ -181,9 +215,10 @@ async def main_async(args) -> dict:
     if url is None:
         process, url = start_server(args.config, args.replicas)
     try:
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        # Drop idle connections before uvicorn's 5 s keep-alive closes them under a request being sent.
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=3)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-            http = await sweep(http_sender(client, args), args, cells)
+            http = await sweep(http_sender(client, args), args, cells, http_meter(client, args.model))
     finally:
         if process is not None:
             process.send_signal(signal.SIGTERM)

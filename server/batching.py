@@ -30,6 +30,7 @@ class BatchLimits:
     max_loras_per_batch: int
     max_queue_items: int
     max_queue_tokens: int = 1 << 62
+    max_padding: float = 1.0  # the padded fraction a batch may reach (1.0: no limit)
 
 
 @dataclass(frozen=True)
@@ -49,22 +50,35 @@ class _Row:
 
 
 def plan_batch(lengths: Sequence[int], adapters: Sequence[int | None], *, max_tokens: int,
-               max_adapters: int) -> list[int]:
-    """Indices (into the waiting rows, oldest first) of the next batch; always includes index 0."""
+               max_adapters: int, max_padding: float = 1.0) -> list[int]:
+    """Indices (into the waiting rows, oldest first) of the next batch; always includes index 0. A row
+    that would make padding more than `max_padding` of the batch's padded tokens waits for another."""
     head_len = lengths[0]
-    chosen, longest, distinct = [0], head_len, {adapters[0]}
+    chosen, longest, distinct, real = [0], head_len, {adapters[0]}, head_len
     window = range(1, min(len(lengths), LOOKAHEAD))
     for i in sorted(window, key=lambda j: (abs(lengths[j] - head_len), j)):
         new_longest = max(longest, lengths[i])
-        if (len(chosen) + 1) * new_longest > max_tokens:
+        padded = (len(chosen) + 1) * new_longest
+        if padded > max_tokens or padded - real - lengths[i] > max_padding * padded:
             continue
         if adapters[i] not in distinct:
             if len(distinct) >= max_adapters:
                 continue
             distinct.add(adapters[i])
         chosen.append(i)
-        longest = new_longest
+        longest, real = new_longest, real + lengths[i]
     return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """What one forward batch held, for metrics: the padded tokens the backend computes over and the real
+    tokens among them."""
+
+    rows: int
+    tokens: int
+    padded_tokens: int  # rows x the longest row
+    adapters: int  # distinct adapters, base counting as one
 
 
 class Batcher:
@@ -77,7 +91,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._batches = 0
-        self.on_batch: Callable[[int, int, int], None] | None = None  # (rows, padded tokens, adapters)
+        self.on_batch: Callable[[BatchShape], None] | None = None
         self.running: tuple[int | None, ...] = ()  # the adapter slots of the rows in the forward now running
 
     @property
@@ -132,7 +146,8 @@ class Batcher:
         live = [row for row in self._waiting if not row.future.done()]  # cancelled by a gone client
         chosen = set(plan_batch([len(r.ids) for r in live], [r.slot for r in live],
                                 max_tokens=self.limits.max_batch_tokens,
-                                max_adapters=self.limits.max_loras_per_batch)) if live else set()
+                                max_adapters=self.limits.max_loras_per_batch,
+                                max_padding=self.limits.max_padding)) if live else set()
         batch = [row for i, row in enumerate(live) if i in chosen]
         self._waiting = [row for i, row in enumerate(live) if i not in chosen]
         self._waiting_tokens = sum(len(r.ids) for r in self._waiting)
@@ -165,7 +180,9 @@ class Batcher:
         self._batches += 1
         batch_id = self._batches
         if self.on_batch is not None:
-            self.on_batch(len(batch), len(batch) * max(len(r.ids) for r in batch), len({r.slot for r in batch}))
+            self.on_batch(BatchShape(rows=len(batch), tokens=sum(len(r.ids) for r in batch),
+                                     padded_tokens=len(batch) * max(len(r.ids) for r in batch),
+                                     adapters=len({r.slot for r in batch})))
         started = time.perf_counter()
         self.running = tuple(r.slot for r in batch)
         try:

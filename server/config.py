@@ -222,6 +222,7 @@ class ServerSettings:
     max_loras_per_model: int = 10
     max_batch_tokens: int = 16384
     max_batch_wait_ms: float = 0.0
+    max_batch_padding: float = 0.1  # a row waits for another batch rather than push padding past this share
     max_queue_items: int = 8192
     max_queue_tokens: int = 1048576
     max_items_per_request: int = 2048
@@ -240,6 +241,7 @@ class ServerSettings:
         _require(where, self.max_loras_per_model >= 1, "max_loras_per_model must be >= 1")
         _require(where, self.max_batch_tokens >= 1, "max_batch_tokens must be >= 1")
         _require(where, self.max_batch_wait_ms >= 0, "max_batch_wait_ms must be >= 0")
+        _require(where, 0 <= self.max_batch_padding <= 1, "max_batch_padding must be within 0..1")
         _require(where, self.max_queue_items >= 1, "max_queue_items must be >= 1")
         _require(where, self.max_queue_tokens >= 1, "max_queue_tokens must be >= 1")
         _require(where, self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")

@@ -14,7 +14,7 @@ import numpy as np
 from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
-from server.backends.base import Backend, TokenBatch
+from server.backends.base import Backend
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
 from server.logs import startup_progress
@@ -44,7 +44,7 @@ class LocalModel:
         self.batcher = Batcher(backend.embed, BatchLimits(
             max_batch_tokens=settings.max_batch_tokens, max_batch_wait_ms=settings.max_batch_wait_ms,
             max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=settings.max_queue_items,
-            max_queue_tokens=settings.max_queue_tokens), name=config.name)
+            max_queue_tokens=settings.max_queue_tokens, max_padding=settings.max_batch_padding), name=config.name)
         self.adapters = AdapterRegistry(config.name, backend, capacity=settings.max_loras_per_model,
                                         max_rank=config.adapters.max_lora_rank,
                                         failure_ttl_s=settings.lora_failure_ttl_s,
@@ -84,8 +84,7 @@ class LocalModel:
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
             self._check_profiles()
             self._report_roots(roots)
-            if probe is not None:  # compiling and graph capture happen now, not on the first request
-                await self.backend.embed(TokenBatch([probe], [None]))
+            await self.backend.warm_up()
             progress.step("warm-up")
         self.state = ModelState.READY
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from server import errors
+from server.batching import BatchShape
 from server.config import ModelConfig
 from server.options import EncodeOptions
 
@@ -62,7 +63,7 @@ class EncodeResult:
     replica: str | None = None  # scale-out: the replica that ran the forward
 
 
-BatchObserver = Callable[[int, int, int], None]  # (rows, padded tokens, distinct adapters) per forward
+BatchObserver = Callable[[BatchShape], None]  # called once per forward batch
 
 
 class AdapterCatalog(Protocol):

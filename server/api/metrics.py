@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from server import errors
 from server.api.errors import ApiError, from_domain
+from server.batching import BatchShape
 from server.served_model import ModelStats, ServedModel
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -99,6 +100,8 @@ class Metrics:
                                     buckets=SIZE_BUCKETS, registry=r)
         self.batch_tokens = Histogram("sie_batch_padded_tokens", "Padded tokens per forward batch", ["model"],
                                       buckets=TOKEN_BUCKETS, registry=r)
+        self.batch_token_kinds = Counter("sie_batch_tokens", "Tokens computed by forward batches: real, or padding "
+                                         "(rows padded to the batch's longest)", ["model", "kind"], registry=r)
         self.batch_adapters = Histogram("sie_batch_adapters", "Distinct adapters (base counts) per forward batch",
                                         ["model"], buckets=SIZE_BUCKETS, registry=r)
         r.register(ModelCollector(models))
@@ -110,11 +113,13 @@ class Metrics:
         served = self.models.get(model)
         return adapter if served is not None and served.adapters.known(adapter) else "other"
 
-    def batch_observer(self, model: str) -> Callable[[int, int, int], None]:
-        def observe(rows: int, padded_tokens: int, adapters: int) -> None:
-            self.batch_rows.labels(model).observe(rows)
-            self.batch_tokens.labels(model).observe(padded_tokens)
-            self.batch_adapters.labels(model).observe(adapters)
+    def batch_observer(self, model: str) -> Callable[[BatchShape], None]:
+        def observe(batch: BatchShape) -> None:
+            self.batch_rows.labels(model).observe(batch.rows)
+            self.batch_tokens.labels(model).observe(batch.padded_tokens)
+            self.batch_token_kinds.labels(model, "real").inc(batch.tokens)
+            self.batch_token_kinds.labels(model, "padding").inc(batch.padded_tokens - batch.tokens)
+            self.batch_adapters.labels(model).observe(batch.adapters)
         return observe
 
     @contextmanager

@@ -68,6 +68,10 @@ class Backend(ABC):
     async def remove(self, slot: int) -> None:
         """Drop the weights at `slot`."""
 
+    async def warm_up(self) -> None:  # noqa: B027 - optional; most backends have nothing to prepare
+        """Called once the start-up adapters are installed, before the model is ready: compile, capture
+        graphs, or anything else the first request should not pay for."""
+
     @abstractmethod
     async def close(self) -> None:
         """Release the model and any helper processes."""

@@ -82,6 +82,10 @@ class TorchBackend(Backend):
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
         self.model = None
 
+    async def warm_up(self) -> None:
+        if self._static is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._static.ensure_warm)
+
     # -- adapters --------------------------------------------------------------------------
     async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._install, slot, adapter)

@@ -143,6 +143,8 @@ def test_metrics_parse(server, sie):
                  "sie_inference_seconds", "sie_request_seconds"):
         counts = [s.value for s in families[name].samples if s.name.endswith("_count")]
         assert counts and max(counts) >= 1, name
+    kinds = {s.labels["kind"]: s.value for s in families["sie_batch_tokens"].samples if s.name.endswith("_total")}
+    assert kinds["real"] >= 1 and kinds["padding"] >= 0
     assert [s.value for s in families["sie_resident_adapters"].samples] and \
         families["sie_resident_adapters"].samples[0].value >= 3
     assert families["sie_queue_depth"].samples[0].value == 0
@@ -169,8 +171,8 @@ def test_request_id_echoed_and_logged(server):
     assert any(line["request_id"] == "trace-42" and line["status"] == 200 and line["path"].startswith("/v1/encode")
                for line in access)
     assert any(line["request_id"] == generated for line in access)
-    progress = [line["message"] for line in lines if "[" in line["message"] and "/4]" in line["message"]]
-    assert any("[4/4] adapter finance" in message for message in progress)  # start-up progress as log lines
+    progress = [line["message"] for line in lines if "[" in line["message"] and "/5]" in line["message"]]
+    assert any("[4/5] adapter finance" in message for message in progress)  # start-up progress as log lines
 
 
 def test_openapi_and_docs(server):

@@ -1,6 +1,7 @@
 """The torch backend on CUDA (`make test-gpu`; skipped without a GPU): bf16 mixed batches against an fp32
-PEFT reference (ours no further from fp32 than PEFT in bf16 is, plus 1e-4), batch invariance, and
-adapters installed and evicted in place while the model serves."""
+PEFT reference (ours no further from fp32 than PEFT in bf16 is, plus 1e-4), batch invariance, the
+compiled and graph-replayed forwards against the eager one, and adapters installed and evicted in place
+while graphs exist (a replayed graph serves the weights installed after its capture)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from server.backends.static_forward import EngineChoice
+from server.lora.peft_format import load_peft_adapter
 from tests.conftest import loaded_model, peft_demo_model, token_batch
 
 pytestmark = [pytest.mark.gpu,
@@ -79,3 +82,54 @@ def test_install_and_evict_in_place_while_serving(gpu_model):
     after = backend.embed_sync(token_batch(gpu_model, rows, ["legal"] * len(rows)))
     assert (layer.a.data_ptr(), layer.bt.data_ptr()) == address
     assert np.abs(unit(before) - unit(after)).max() <= 1e-3
+
+
+@pytest.fixture(scope="module")
+def eager_model(demo_config, demo_dirs):
+    model = loaded_model(dataclasses.replace(demo_config, dtype="bfloat16", compile="off", cuda_graphs="off"),
+                         device="cuda")
+    yield model
+    asyncio.run(model.backend.close())
+
+
+def cosines(a, b):
+    return (unit(a) * unit(b)).sum(1)
+
+
+def test_cuda_defaults_compile_and_capture(gpu_model):
+    static = gpu_model.backend._static
+    assert static.choice == EngineChoice(static_rows=True, compiled=True, cuda_graphs=True)
+    assert static.graphs is not None and len(static.graphs.graphs) == len(static.graphs.buckets)
+
+
+@pytest.mark.parametrize("copies", [1, 40])  # 12 rows replay a graph; 160 rows run the compiled forward
+def test_graphed_and_compiled_equal_eager(gpu_model, eager_model, copies):
+    rows = gpu_model.tokenizer.tokenize(TEXTS * len(ADAPTERS) * copies).input_ids
+    names = [a for a in ADAPTERS for _ in TEXTS] * copies
+    fast = gpu_model.backend.embed_sync(token_batch(gpu_model, rows, names))
+    eager = eager_model.backend.embed_sync(token_batch(eager_model, rows, names))
+    assert cosines(fast, eager).min() >= 0.999
+
+
+def test_a_graph_serves_weights_installed_after_capture(gpu_model, eager_model, demo_dirs):
+    backend, static = gpu_model.backend, gpu_model.backend._static
+    graphs = dict(static.graphs.graphs)
+    slot = gpu_model.adapters.slot_of("legal")
+    rows = gpu_model.tokenizer.tokenize(TEXTS).input_ids
+    medical = load_peft_adapter("medical", demo_dirs["medical"], base_shapes=backend.info.linear_shapes,
+                                max_rank=gpu_model.config.adapters.max_lora_rank)
+    legal = load_peft_adapter("legal", demo_dirs["legal"], base_shapes=backend.info.linear_shapes,
+                              max_rank=gpu_model.config.adapters.max_lora_rank)
+    try:
+        asyncio.run(backend.install(slot, medical))  # medical's weights under legal's slot
+        swapped = backend.embed_sync(token_batch(gpu_model, rows, ["legal"] * len(rows)))
+        reference = eager_model.backend.embed_sync(token_batch(eager_model, rows, ["medical"] * len(rows)))
+        assert cosines(swapped, reference).min() >= 0.999
+        asyncio.run(backend.remove(slot))
+        asyncio.run(backend.install(slot, legal))
+        assert static.graphs.graphs == graphs  # same width: nothing was captured again
+        back = backend.embed_sync(token_batch(gpu_model, rows, ["legal"] * len(rows)))
+        reference = eager_model.backend.embed_sync(token_batch(eager_model, rows, ["legal"] * len(rows)))
+        assert cosines(back, reference).min() >= 0.999
+    finally:
+        asyncio.run(backend.install(slot, legal))

@@ -31,6 +31,16 @@ def test_prefers_similar_lengths():
     assert chosen == [0, 2, 3]  # 3 rows x 11 tokens fit; the long rows wait
 
 
+def test_padding_limit_leaves_far_lengths_for_another_batch():
+    lengths = [100, 95, 130, 60, 104, 300]
+    assert plan_batch(lengths, [None] * 6, max_tokens=10_000, max_adapters=8) == [0, 1, 2, 3, 4, 5]
+    chosen = plan_batch(lengths, [None] * 6, max_tokens=10_000, max_adapters=8, max_padding=0.1)
+    assert chosen == [0, 1, 4]  # padded to 104: 3 x 104 = 312 tokens, 13 of them padding
+    padded = len(chosen) * max(lengths[i] for i in chosen)
+    assert padded - sum(lengths[i] for i in chosen) <= 0.1 * padded
+    assert plan_batch([100, 300], [None] * 2, max_tokens=10_000, max_adapters=8, max_padding=0.0) == [0]
+
+
 def test_adapter_limit_counts_base():
     adapters = [None, "a", "b", "c", "a", None]
     chosen = plan_batch([5] * 6, adapters, max_tokens=1000, max_adapters=2)
