@@ -99,23 +99,29 @@ def peft_demo_model(demo_dirs, dtype=None, device: str = "cpu"):
 @pytest.fixture(scope="session")
 def peft_reference(demo_dirs):
     """embed(ids, adapter) -> last-token vector from PEFT (PeftModel with that adapter), unnormalised."""
-    import torch
-
     model = peft_demo_model(demo_dirs)
 
-    @torch.no_grad()
     def embed(ids: list[int], adapter: str | None):
-        inputs = torch.tensor([ids])
+        return peft_last_token(model, ids, adapter)
+
+    embed.model = model
+    return embed
+
+
+def peft_last_token(model, ids: list[int], adapter: str | None):
+    """One row through a PeftModel under `adapter` (None: adapters disabled): its last token's vector as
+    float32 numpy, unnormalised."""
+    import torch
+
+    inputs = torch.tensor([ids], device=model.device)
+    with torch.no_grad():
         if adapter is None:
             with model.disable_adapter():
                 hidden = model(input_ids=inputs).last_hidden_state
         else:
             model.set_adapter(adapter)
             hidden = model(input_ids=inputs).last_hidden_state
-        return hidden[0, -1].numpy()
-
-    embed.model = model
-    return embed
+    return hidden[0, -1].float().cpu().numpy()
 
 
 class LiveServer:

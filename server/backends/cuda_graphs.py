@@ -111,6 +111,3 @@ class GraphPool:
         bucket = self.pick(*ids.shape)
         graph = self.graphs.get(bucket) if bucket is not None else None
         return None if graph is None else graph.run(ids, lengths, slots)
-
-    def clear(self) -> None:
-        self.graphs.clear()

@@ -60,11 +60,11 @@ class StaticForward:
     plan's current width after `ensure_warm`."""
 
     def __init__(self, model: nn.Module, layout: ModelLayout, plan: SegmentPlan, choice: EngineChoice, *,
-                 device: str, max_length: int, name: str, graphs: GraphPool | None = None):
+                 device: str, max_length: int, name: str):
         self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, name
         self._forward = self._compiled() if choice.compiled else self._eager
-        self.graphs = graphs
-        if graphs is None and choice.cuda_graphs:
+        self.graphs: GraphPool | None = None
+        if choice.cuda_graphs:
             self.graphs = GraphPool(self._run, plan_buckets(max_length), device=device, pad_id=layout.pad_token_id,
                                     zero_slot=plan.zero_slot, memory_pool=torch.cuda.graph_pool_handle)
         self.warm_width: int | None = None  # the width compiled code and graphs were last made for

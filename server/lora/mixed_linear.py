@@ -71,7 +71,9 @@ class MixedLoraLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         plan = self.plan
-        if plan.row_slots is not None and x.dim() == 3:
+        # The CPU's gathered path falls back to its segments for a flat input; the static path has none, so
+        # a flat input there must fail in the bmm rather than silently lose the adapters.
+        if plan.row_slots is not None and (x.dim() == 3 or plan.span is None):
             width = plan.width or self.live_rank
             if width:
                 self._gathered(x, y, plan.row_slots, plan.span, width)

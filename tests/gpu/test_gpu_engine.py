@@ -14,7 +14,7 @@ import torch
 
 from server.backends.static_forward import EngineChoice
 from server.lora.peft_format import load_peft_adapter
-from tests.conftest import loaded_model, peft_demo_model, token_batch
+from tests.conftest import loaded_model, peft_demo_model, peft_last_token, token_batch
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -37,18 +37,7 @@ def gpu_model(demo_config, demo_dirs):
 
 def peft_vectors(demo_dirs, rows, names, dtype):
     model = peft_demo_model(demo_dirs, dtype, "cuda")
-    out = []
-    with torch.no_grad():
-        for ids, name in zip(rows, names):
-            inputs = torch.tensor([ids], device="cuda")
-            if name is None:
-                with model.disable_adapter():
-                    hidden = model(input_ids=inputs).last_hidden_state
-            else:
-                model.set_adapter(name)
-                hidden = model(input_ids=inputs).last_hidden_state
-            out.append(hidden[0, -1].float().cpu().numpy())
-    return np.stack(out)
+    return np.stack([peft_last_token(model, ids, name) for ids, name in zip(rows, names)])
 
 
 def test_bf16_mixed_batch_is_as_close_to_fp32_as_peft_bf16(gpu_model, demo_dirs):

@@ -4,6 +4,7 @@ against a plain reference."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from server.lora.mixed_linear import MixedLoraLinear
@@ -35,8 +36,12 @@ def reference(layer, x, slots, adapters):
     return torch.stack(rows)
 
 
-def run(layer, plan, x, slots):
-    plan.publish(plan_segments(slots), "cpu")
+def run(layer, plan, x, slots, static=False):
+    """The layer under the segment plan of `slots`, or (`static`) one slot per row with base at the zero slot."""
+    if static:
+        plan.publish_rows(torch.tensor([plan.zero_slot if slot < 0 else slot for slot in slots]))
+    else:
+        plan.publish(plan_segments(slots), "cpu")
     try:
         with torch.no_grad():
             return layer(x)
@@ -81,15 +86,6 @@ def test_gathered_path_equals_the_loop_and_sees_evictions():
     assert torch.allclose(run(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
 
 
-def run_static(layer, plan, x, slots):
-    plan.publish_rows(torch.tensor([plan.zero_slot if slot < 0 else slot for slot in slots]))
-    try:
-        with torch.no_grad():
-            return layer(x)
-    finally:
-        plan.clear()
-
-
 def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
     layer, plan = make_layer()
     adapters = {0: adapter(4, 1), 5: adapter(16, 2), 7: adapter(8, 3)}
@@ -98,14 +94,22 @@ def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
     plan.width = static_width(16, MAX_RANK)
     slots = [7, -1, 0, 5, -1, 7, 9, 0]  # unsorted, base rows between adapter rows
     x = torch.randn(len(slots), 6, IN)
-    assert torch.allclose(run_static(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
+    assert torch.allclose(run(layer, plan, x, slots, static=True), reference(layer, x, slots, adapters), atol=1e-5)
     layer.clear_slot(5)
     adapters[9] = adapter(2, 9)
     layer.set_slot(9, *adapters[9])
     del adapters[5]
-    assert torch.allclose(run_static(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
+    assert torch.allclose(run(layer, plan, x, slots, static=True), reference(layer, x, slots, adapters), atol=1e-5)
 
 
 def test_static_width_is_a_power_of_two_within_the_pool():
     assert [static_width(r, 64) for r in (0, 1, 8, 9, 16, 17, 64)] == [0, 8, 8, 16, 16, 32, 64]
     assert static_width(48, 40) == 40
+
+
+def test_static_path_refuses_a_flat_input_instead_of_dropping_the_adapters():
+    layer, plan = make_layer()
+    layer.set_slot(0, *adapter(4, 1))
+    plan.width = static_width(4, MAX_RANK)
+    with pytest.raises(RuntimeError):
+        run(layer, plan, torch.randn(2, IN), [0, -1], static=True)
