@@ -21,6 +21,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 # auto: sentence-transformers' Pooling module when the folder has one, else cls for encoders, last for decoders.
 POOLINGS = ("auto", "last", "mean", "cls")
 SWITCHES = ("auto", "on", "off")  # `compile` and `cuda_graphs` (torch backend): auto = on where it pays (CUDA)
+LORA_KERNELS = ("auto", "triton", "torch")  # static path's LoRA: auto = Triton on CUDA when installed
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
 SGLANG_PASSTHROUGH = frozenset({
     "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",
@@ -109,10 +110,13 @@ class ModelConfig:
     eos_token: str | None = None
     compile: str = "auto"
     cuda_graphs: str = "auto"
+    lora_kernels: str = "auto"
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
     adapters: AdapterOptions = field(default_factory=AdapterOptions)
     profiles: Mapping[str, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    # Each path resolved against the YAML's folder -> as the YAML wrote it (what clients are shown).
+    written_paths: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         where = self.source_file
@@ -121,6 +125,8 @@ class ModelConfig:
         _require(where, self.dtype in DTYPES, f"'dtype' must be one of {DTYPES}, got {self.dtype!r}")
         _require(where, self.pooling in POOLINGS, f"'pooling' must be one of {POOLINGS}, got {self.pooling!r}")
         _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
+        _require(where, self.lora_kernels in LORA_KERNELS, f"'lora_kernels' must be one of {LORA_KERNELS}, "
+                                                           f"got {self.lora_kernels!r}")
         for key in ("compile", "cuda_graphs"):
             _require(where, getattr(self, key) in SWITCHES, f"'{key}' must be one of {SWITCHES}, "
                                                             f"got {getattr(self, key)!r}")
@@ -141,7 +147,8 @@ def adapters_on_demand(config: ModelConfig) -> ModelConfig:
     return dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, preload=False))
 
 
-MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters", "backend"} | {
+MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file", "adapters", "backend",
+                                                                  "written_paths"} | {
     "adapter_options_loadtime", "adapter"}
 ADAPTER_KEYS = {"lora_paths", "max_loras_per_batch", "max_lora_rank", "lora_target_modules"} | SGLANG_PASSTHROUGH
 PROFILE_KEYS = {"instruction", "lora_id", "lora", "is_query"}
@@ -160,10 +167,13 @@ def load_model_config(path: str | Path) -> ModelConfig:
     return model_config_from_dict(data, where=where, base_dir=path.parent)
 
 
-def _resolve_local(value: str, base_dir: Path | None) -> str:
-    """Paths written as ./x or ../x are relative to the YAML's folder; everything else is kept."""
+def _resolve_local(value: str, base_dir: Path | None, written: dict[str, str]) -> str:
+    """Paths written as ./x or ../x are relative to the YAML's folder; everything else is kept. `written`
+    collects resolved -> as written."""
     if base_dir is not None and (value.startswith("./") or value.startswith("../")):
-        return str((base_dir / value).resolve())
+        resolved = str((base_dir / value).resolve())
+        written[resolved] = value
+        return resolved
     return value
 
 
@@ -176,9 +186,11 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
     _require(f"{where}: adapter_options_loadtime.lora_paths", isinstance(raw_paths, Mapping),
              "must map served names to adapter paths")
     targets = raw_adapters.get("lora_target_modules")
+    written: dict[str, str] = {}
     try:
         adapters = AdapterOptions(
-            lora_paths=MappingProxyType({str(k): _resolve_local(str(v), base_dir) for k, v in raw_paths.items()}),
+            lora_paths=MappingProxyType({str(k): _resolve_local(str(v), base_dir, written)
+                                         for k, v in raw_paths.items()}),
             max_loras_per_batch=int(raw_adapters.get("max_loras_per_batch", 8)),
             max_lora_rank=int(raw_adapters.get("max_lora_rank", 64)),
             lora_target_modules=tuple(targets) if targets else None,
@@ -202,15 +214,16 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
         value = kwargs.get(key) or []
         _require(where, isinstance(value, list) and all(isinstance(v, str) for v in value),
                  f"'{key}' must be a list of strings")
-        kwargs[key] = tuple(_resolve_local(v, base_dir) if key == "lora_roots" else v for v in value)
+        kwargs[key] = tuple(_resolve_local(v, base_dir, written) if key == "lora_roots" else v for v in value)
     for key in ("compile", "cuda_graphs"):
         if isinstance(kwargs.get(key), bool):  # YAML 1.1 reads a bare on/off as a boolean
             kwargs[key] = "on" if kwargs[key] else "off"
     if "model_path" in kwargs:
-        kwargs["model_path"] = _resolve_local(str(kwargs["model_path"]), base_dir)
+        kwargs["model_path"] = _resolve_local(str(kwargs["model_path"]), base_dir, written)
     try:
         return ModelConfig(name=name, model_path=kwargs.pop("model_path", name), source_file=where,
-                           adapters=adapters, profiles=MappingProxyType(profiles), **kwargs)
+                           adapters=adapters, profiles=MappingProxyType(profiles),
+                           written_paths=MappingProxyType(written), **kwargs)
     except TypeError as exc:
         raise ConfigError(f"{where}: {exc}") from None
 

@@ -104,6 +104,14 @@ def build_adapter(model_dir: Path, folder: Path, seed: int, targets: tuple[str, 
     get_peft_model(base, config).save_pretrained(folder, safe_serialization=True)
 
 
+def builtin_folders() -> dict[str, str]:
+    """Each builtin folder (built or not) -> the source that names it, for showing paths to clients."""
+    root = cache_root()
+    named = {root / MODEL_NAME: MODEL_NAME, root / DYNAMIC_ROOT: f"{MODEL_NAME}/{DYNAMIC_ROOT}"}
+    named.update({root / "adapters" / adapter: f"{MODEL_NAME}/{adapter}" for adapter in DEMO_ADAPTERS})
+    return {str(folder): BUILTIN_PREFIX + name for folder, name in named.items()}
+
+
 def ensure_builtin(source: str) -> Path:
     """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>|/dynamic]`."""
     name = source[len(BUILTIN_PREFIX):]

@@ -15,7 +15,11 @@ class ServingError(Exception):
 
 
 class InvalidInput(ServingError):
-    """The request itself is wrong (shape, types, values)."""
+    """The request itself is wrong (shape, types, values); `field` names the request field at fault."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownAdapter(InvalidInput):
@@ -84,7 +88,8 @@ def listed(names: Iterable[str]) -> str:
 
 
 def unknown_profile(profile: str, model: str, available: Iterable[str]) -> UnknownProfile:
-    return UnknownProfile(f"unknown profile {profile!r} for model {model!r}; available: {listed(available)}")
+    return UnknownProfile(f"unknown profile {profile!r} for model {model!r}; available: {listed(available)}",
+                          field="profile")
 
 
 def model_not_found(model: str, available: Iterable[str]) -> ModelNotFound:

@@ -154,7 +154,7 @@ class LocalModel:
         check_dims(options.dims, self.dims, self.config.min_dims)
         if len(texts) > self.settings.max_items_per_request:
             raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
-                                      f"{self.settings.max_items_per_request} items per request")
+                                      f"{self.settings.max_items_per_request} items per request", field="items")
         if options.lora_id is None:
             return await self._encode(texts, options, None)
         lease = self.adapters.acquire(options.lora_id)

@@ -1,8 +1,10 @@
 """The typed encode request both APIs parse into, and its resolution against the model's config:
-profile first, request options override it, an explicit instruction wins."""
+profile first, request options override it, an explicit instruction wins. A model id `<model>:<suffix>`
+selects a profile or an adapter as options would; options that name another one are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from server import errors
@@ -32,7 +34,7 @@ class RequestedOptions:
 
     def __post_init__(self) -> None:
         if self.lora_id == "":
-            raise errors.InvalidInput("options.lora_id must not be empty")
+            raise errors.InvalidInput("options.lora_id must not be empty", field="lora_id")
         if self.overflow_policy is not None and self.overflow_policy not in OVERFLOW_POLICIES:
             raise errors.InvalidInput(f"options.overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)}")
         if self.output_types is not None and not self.output_types:
@@ -44,6 +46,41 @@ class RequestedOptions:
         if self.output_dtype is not None and self.output_dtype not in OUTPUT_DTYPES:
             raise errors.InvalidInput(f"params.output_dtype: unsupported output_dtype {self.output_dtype!r}; "
                                       f"supported: {_quoted(OUTPUT_DTYPES)}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a model id's suffix selects (`<model>:<profile>` or `<model>:<adapter>`); empty for `<model>`."""
+
+    profile: str | None = None
+    lora_id: str | None = None
+    written: str = ""  # the model id as the client wrote it, for messages
+
+    def adapter(self, config: ModelConfig) -> str | None:
+        """The adapter this selection runs with (a profile's own, or None for base)."""
+        if self.profile is not None:
+            return config.profiles[self.profile].lora_id
+        return self.lora_id
+
+    def merged(self, requested: RequestedOptions, config: ModelConfig) -> RequestedOptions:
+        """`requested` with this selection applied; 400 when its options name another adapter or profile."""
+        if self.profile is None and self.lora_id is None:
+            return requested
+        adapter = self.adapter(config)
+        if requested.profile is not None and requested.profile != self.profile:
+            other = config.profiles.get(requested.profile)
+            if self.profile is not None or other is None or other.lora_id not in (None, adapter):
+                raise self._conflict(f"options.profile {requested.profile!r}")
+        if requested.lora_id is not None and requested.lora_id != adapter:
+            raise self._conflict(f"options.lora_id {requested.lora_id!r}")
+        return dataclasses.replace(requested, profile=requested.profile or self.profile,
+                                   lora_id=requested.lora_id or self.lora_id)
+
+    def _conflict(self, other: str) -> errors.InvalidInput:
+        chosen = f"profile {self.profile!r}" if self.profile is not None else f"adapter {self.lora_id!r}"
+        return errors.InvalidInput(f"model id {self.written!r} selects {chosen} but {other} names another; "
+                                   "name the adapter or profile once (in the model id or in the options)",
+                                   field="model")
 
 
 @dataclass(frozen=True)
@@ -85,4 +122,5 @@ def resolve_options(config: ModelConfig, requested: RequestedOptions) -> EncodeO
 
 def check_dims(dims: int | None, native: int, minimum: int) -> None:
     if dims is not None and not (min(minimum, native) <= dims <= native):
-        raise errors.InvalidInput(f"dims {dims} is out of range; this model allows {min(minimum, native)}..{native}")
+        raise errors.InvalidInput(f"dims {dims} is out of range; this model allows {min(minimum, native)}..{native}",
+                                  field="dims")

@@ -38,14 +38,31 @@ def package_file(source: str) -> Path:
     return target
 
 
+def _extracted_folder(target: Path) -> Path:
+    stat = target.stat()
+    key = hashlib.sha256(f"{target}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_dir() / "packages" / f"{target.stem}-{key}"
+
+
+def packaged_folders(source: str) -> dict[str, str]:
+    """The file `source` names and the folder it is extracted to -> `source` (for showing paths to
+    clients); empty when the package is not installed."""
+    try:
+        target = package_file(source)
+    except ValueError:
+        return {}
+    folders = {str(target): source}
+    if not target.is_dir():
+        folders[str(_extracted_folder(target))] = source
+    return folders
+
+
 def resolve_packaged(source: str) -> Path:
     """A local folder holding the model `source` names (built once, then reused)."""
     target = package_file(source)
     if target.is_dir():
         return target
-    stat = target.stat()
-    key = hashlib.sha256(f"{target}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
-    out = cache_dir() / "packages" / f"{target.stem}-{key}"
+    out = _extracted_folder(target)
     if target.suffix == ".zip":
         return _model_root(build_atomically(out, lambda staging: _extract(target, staging)))
     if target.suffix == ".gguf":

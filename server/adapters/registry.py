@@ -110,7 +110,7 @@ class AdapterRegistry:
         entry = self._find_or_start(name)
         await entry.settled.wait()
         if entry.state is AdapterState.FAILED:
-            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
 
     def source_for(self, name: str) -> str:
         """Where a non-resident adapter would load from, else UnknownAdapter naming what is allowed."""
@@ -121,13 +121,13 @@ class AdapterRegistry:
         except SourceRefused as exc:
             raise errors.UnknownAdapter(f"unknown lora_id {name!r} for model {self.model!r}: {exc}; "
                                         f"loaded: {', '.join(self.names()) or 'none'}; "
-                                        f"{self.sources.describe()}") from None
+                                        f"{self.sources.describe()}", field="lora_id") from None
 
     def _find_or_start(self, name: str) -> AdapterEntry:
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
             if time.monotonic() - entry.failed_at < self.failure_ttl_s:
-                raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+                raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
             del self.entries[name]
             entry = None
         if entry is not None:
@@ -157,7 +157,7 @@ class AdapterRegistry:
             entry = self._start_load(name, checked, pinned=pin)
         await entry.settled.wait()
         if entry.state is AdapterState.FAILED:
-            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}")
+            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
         entry.pinned = entry.pinned or pin
         return entry.describe(), created
 

@@ -63,15 +63,17 @@ def vllm_target(ctx: AppContext, lora_name: str) -> tuple[ServedModel, str]:
 
 @router.get("/v1/models/{model:path}/loras")
 async def list_loras(model: str, request: Request) -> dict:
-    return {"model": model, "loras": context(request).model(model).adapters.describe()}
+    ctx = context(request)
+    return {"model": model, "loras": ctx.paths.hide_in(ctx.model(model).adapters.describe())}
 
 
 @router.post("/v1/models/{model:path}/loras")
 async def load_lora(model: str, request: Request) -> JSONResponse:
-    admin = admin_of(context(request).model(model))
+    ctx = context(request)
+    admin = admin_of(ctx.model(model))
     spec = await parse(request, LoadLoraIn)
     described, created = await admin.load(check_name(spec.name), spec.source, pin=spec.pin)
-    return JSONResponse(described, status_code=201 if created else 200)
+    return JSONResponse(ctx.paths.hide_in(described), status_code=201 if created else 200)
 
 
 @router.delete("/v1/models/{model:path}/loras/{name}")

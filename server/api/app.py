@@ -16,18 +16,28 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server import __version__, errors
 from server.api import admin, openai_routes, probes, sie_routes
 from server.api.auth import AuthMiddleware
-from server.api.context import AppContext
-from server.api.errors import OPENAI_PATHS, ApiError, error_response, from_domain, invalid_input
+from server.api.context import AppContext, context
+from server.api.errors import (
+    OPENAI_PATHS,
+    ApiError,
+    error_response,
+    from_domain,
+    invalid_input,
+    route_not_found,
+)
 from server.api.lifecycle import DrainMiddleware, Lifecycle
 from server.api.metrics import Metrics
 from server.api.middleware import RequestContextMiddleware, replica_id
 from server.api.openapi import install_openapi
 from server.config import ServerSettings
+from server.public_paths import public_paths
 from server.served_model import ServedModel
 
 
 async def answer_api_error(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc, openai=request.url.path in OPENAI_PATHS)
+    """Every error a route raised, with server paths shown as the config wrote them."""
+    shown = ApiError(exc.status, exc.code, context(request).paths.hide(exc.message), exc.headers, param=exc.param)
+    return error_response(shown, openai=request.url.path in OPENAI_PATHS)
 
 
 async def answer_domain_error(request: Request, exc: errors.ServingError) -> JSONResponse:
@@ -39,7 +49,9 @@ async def answer_validation_error(request: Request, exc: RequestValidationError)
 
 
 async def answer_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
+    if exc.status_code == 404:
+        return await answer_api_error(request, route_not_found(request.method, request.url.path))
+    code = {405: "METHOD_NOT_ALLOWED"}.get(exc.status_code, "HTTP_ERROR")
     return await answer_api_error(request, ApiError(exc.status_code, code, str(exc.detail),
                                                     getattr(exc, "headers", None)))
 
@@ -63,7 +75,8 @@ def _lifespan(ctx: AppContext, load_in_background: bool):
 def create_app(models: Mapping[str, ServedModel], settings: ServerSettings, *,
                load_in_background: bool = True) -> FastAPI:
     """Model loading starts when the app starts (in the background, so /readyz answers at once)."""
-    ctx = AppContext(models, settings, Metrics(models, replica=replica_id()), Lifecycle())
+    ctx = AppContext(models, settings, Metrics(models, replica=replica_id()), Lifecycle(),
+                     public_paths((model.config for model in models.values()), settings))
     # /docs and /redoc with their scripts served from the package, not a CDN (they work offline).
     app = FastAPIOffline(title="multilora-embed", version=__version__, lifespan=_lifespan(ctx, load_in_background),
                          description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI "

@@ -14,6 +14,7 @@ from server.api.metrics import Metrics
 from server.api.middleware import read_body
 from server.api.wire import decode
 from server.config import ServerSettings
+from server.public_paths import PublicPaths
 from server.served_model import ServedModel
 
 
@@ -23,6 +24,7 @@ class AppContext:
     settings: ServerSettings
     metrics: Metrics
     lifecycle: Lifecycle
+    paths: PublicPaths = PublicPaths()  # how server paths are shown in answers
 
     def model(self, name: str) -> ServedModel:
         served = self.models.get(name)

@@ -12,6 +12,11 @@ from starlette.types import Scope, Send
 from server import errors
 
 OPENAI_PATHS = frozenset({"/v1/embeddings", "/openai/v1/embeddings", "/openai/v1/models"})
+SERVED_ROUTES = (("POST", "/v1/encode/{model}"), ("GET", "/v1/models"), ("GET", "/v1/models/{model}"),
+                 ("POST", "/v1/embeddings"), ("GET", "/openai/v1/models"), ("POST", "/openai/v1/embeddings"),
+                 ("GET|POST|DELETE", "/v1/models/{model}/loras"), ("POST", "/v1/load_lora_adapter"),
+                 ("POST", "/v1/unload_lora_adapter"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
+                 ("GET", "/docs"))
 CLIENT_GONE = 499  # nginx's "client closed request": nobody is left to read the answer
 
 # Domain error -> (status, code, Retry-After seconds). Looked up along the class hierarchy, most specific first.
@@ -35,12 +40,14 @@ STATUS_TABLE: dict[type[errors.ServingError], tuple[int, str, int | None]] = {
 class ApiError(Exception):
     """An answer the API layer decided: status, code, message and extra headers."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
+                 param: str | None = None):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.param = param  # the request field at fault (OpenAI's `param`), when one is
 
     def body(self) -> dict:
         return {"detail": {"code": self.code, "message": self.message}}
@@ -48,7 +55,7 @@ class ApiError(Exception):
     def openai_body(self) -> dict:
         kind = ("authentication_error" if self.status == 401
                 else "server_error" if self.status >= 500 else "invalid_request_error")
-        return {"error": {"message": self.message, "type": kind, "param": None, "code": self.code}}
+        return {"error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}}
 
 
 def from_domain(error: errors.ServingError) -> ApiError:
@@ -56,16 +63,26 @@ def from_domain(error: errors.ServingError) -> ApiError:
         if kind in STATUS_TABLE:
             status, code, retry_after = STATUS_TABLE[kind]
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-            return ApiError(status, code, error.message, headers)
+            return ApiError(status, code, error.message, headers, param=getattr(error, "field", None))
     return ApiError(500, "INTERNAL_ERROR", error.message)
 
 
-def invalid_input(message: str) -> ApiError:
-    return from_domain(errors.InvalidInput(message))
+def invalid_input(message: str, field: str | None = None) -> ApiError:
+    return from_domain(errors.InvalidInput(message, field=field))
 
 
 def body_too_large(message: str) -> ApiError:
     return ApiError(413, "INPUT_TOO_LONG", message)
+
+
+def route_not_found(method: str, path: str) -> ApiError:
+    """A path this server does not serve: say what it is and which routes it has."""
+    what = {"/v1/score": "reranking (score)", "/v1/extract": "extraction"}
+    kind = next((label for prefix, label in what.items() if path == prefix or path.startswith(prefix + "/")), None)
+    served = ", ".join(f"{m} {p}" for m, p in SERVED_ROUTES)
+    reason = f"{kind} is not served" if kind else f"no route {method} {path}"
+    return ApiError(404, "NOT_FOUND", f"{reason}: this server serves embedding models only (dense vectors, "
+                                      f"with LoRA adapters). Its routes: {served}")
 
 
 def unauthorized() -> ApiError:

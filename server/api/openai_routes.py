@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from server.api.context import AppContext, context, request_body
+from server import errors
+from server.api.context import context, request_body
 from server.api.encoding import run_encode
-from server.api.errors import invalid_input
+from server.api.errors import ApiError, from_domain, invalid_input
+from server.api.model_ids import parse_model_id
+from server.api.model_info import openai_entries
 from server.api.schemas import EmbeddingsIn, validate
 from server.api.wire import dump_json
 
 router = APIRouter()
+# A core error's field -> (OpenAI's parameter, whether the message's own wording is renamed too).
+OPENAI_PARAMS = {"dims": ("dimensions", True), "lora_id": ("model", False), "profile": ("model", False),
+                 "is_query": ("is_query", False), "instruction": ("instruction", False), "items": ("input", False)}
 BODY_SCHEMA = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsIn"}}}}}
 
@@ -26,27 +33,18 @@ def parse_embeddings(body) -> EmbeddingsIn:
     return validate(EmbeddingsIn, body, what="request body must be a JSON object")
 
 
-def split_model(ctx: AppContext, name: str) -> tuple[str, dict[str, str]]:
-    """`<model>:<suffix>`: a profile of that name wins over an adapter of that name."""
-    if name in ctx.models:
-        return name, {}
-    base, sep, suffix = name.rpartition(":")
-    model = ctx.model(base if sep else name)
-    if not suffix:
-        raise invalid_input(f"model {name!r} names no adapter or profile after ':'")
-    return base, {"profile": suffix} if suffix in model.config.profiles else {"lora_id": suffix}
-
-
 @router.get("/openai/v1/models")
 async def openai_models(request: Request) -> dict:
-    """OpenAI's model list (SIE owns /v1/models): each model, then `<model>:<adapter|profile>` ids."""
-    data = []
-    for name, model in context(request).models.items():
-        data.append({"id": name, "object": "model", "created": 0, "owned_by": "multilora-embed"})
-        for suffix in sorted(set(model.adapters.names()) | set(model.config.profiles)):
-            data.append({"id": f"{name}:{suffix}", "object": "model", "created": 0,
-                         "owned_by": "multilora-embed", "parent": name})
-    return {"object": "list", "data": data}
+    """OpenAI's model list: each model, then `<model>:<adapter|profile>` ids (also under /v1/models' `data`)."""
+    models = context(request).models
+    return {"object": "list", "data": [e for name, model in models.items() for e in openai_entries(name, model)]}
+
+
+def openai_error(exc: errors.InvalidInput) -> ApiError:
+    """A core 400 in OpenAI's terms: `param` set, SIE's option names replaced by OpenAI's parameters."""
+    param, renamed = OPENAI_PARAMS.get(exc.field, (exc.field, False))
+    message = re.sub(rf"\b(options\.)?{re.escape(exc.field)}\b", param, exc.message) if renamed else exc.message
+    return ApiError(400, from_domain(exc).code, message, param=param)
 
 
 @router.post("/openai/v1/embeddings", openapi_extra=BODY_SCHEMA)
@@ -55,8 +53,11 @@ async def embeddings(request: Request) -> Response:
     ctx = context(request)
     with ctx.metrics.track("openai") as track:
         parsed = parse_embeddings(await request_body(request, content_type="application/json"))
-        model, suffix = split_model(ctx, parsed.model)
-        _, result = await run_encode(ctx, parsed.to_request(model, suffix), request, track)
+        try:
+            target = parse_model_id(ctx, parsed.model)
+            _, result = await run_encode(ctx, parsed.to_request(target), request, track)
+        except errors.InvalidInput as exc:
+            raise openai_error(exc) from None
     if parsed.encoding_format == "base64":
         values = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.vectors]
     else:

@@ -19,11 +19,12 @@ from pydantic import (
 )
 
 from server.api.errors import invalid_input
+from server.api.model_ids import ModelId
 from server.options import EncodeRequest, RequestedOptions
 
 OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"), "profile": (str, "a string"),
                 "is_query": (bool, "a boolean"), "instruction": (str, "a string"), "dims": (int, "an integer"),
-                "overflow_policy": (str, "a string")}
+                "overflow_policy": (str, "a string"), "output_dtype": (str, "a string")}
 
 
 class _Lenient(BaseModel):
@@ -52,6 +53,7 @@ class OptionsIn(_Lenient):
     instruction: StrictStr | None = None
     dims: StrictInt | None = None
     overflow_policy: StrictStr | None = None
+    output_dtype: StrictStr | None = None  # as SIE: params.output_dtype wins when both are set
 
     @model_validator(mode="before")
     @classmethod
@@ -72,12 +74,13 @@ class OptionsIn(_Lenient):
 
     def requested(self, *, instruction: str | None = None, output_types: list[str] | None = None,
                   output_dtype: str | None = None) -> RequestedOptions:
-        """The core's options; `instruction` (params.instruction) beats options.instruction."""
+        """The core's options; params.instruction and params.output_dtype beat the options' own."""
         return RequestedOptions(
             lora_id=self.lora_id if self.lora_id is not None else self.lora, profile=self.profile,
             is_query=self.is_query, instruction=instruction if instruction is not None else self.instruction,
             dims=self.dims, overflow_policy=self.overflow_policy,
-            output_types=tuple(output_types) if output_types is not None else None, output_dtype=output_dtype)
+            output_types=tuple(output_types) if output_types is not None else None,
+            output_dtype=output_dtype if output_dtype is not None else self.output_dtype)
 
 
 class ItemIn(_Lenient):
@@ -91,18 +94,30 @@ class ParamsIn(_Lenient):
     output_types: list[StrictStr] | None = None
     output_dtype: StrictStr | None = None
     instruction: StrictStr | None = None
+    is_query: StrictBool | None = None  # where SIE's TypeScript SDK sends `isQuery`
     options: OptionsIn | None = None
+
+    @model_validator(mode="after")
+    def _one_is_query(self) -> ParamsIn:
+        given = self.options.is_query if self.options is not None else None
+        if self.is_query is not None and given is not None and self.is_query != given:
+            raise ValueError(f"params.is_query ({self.is_query}) and params.options.is_query ({given}) disagree")
+        return self
 
 
 class EncodeRequestIn(_Lenient):
     items: list[ItemIn] = Field(min_length=1)
     params: ParamsIn | None = None
 
-    def to_request(self, model: str) -> EncodeRequest:
+    def to_request(self, target: ModelId) -> EncodeRequest:
         params = self.params or ParamsIn()
-        options = (params.options or OptionsIn()).requested(
-            instruction=params.instruction, output_types=params.output_types, output_dtype=params.output_dtype)
-        return EncodeRequest(model, tuple(item.text for item in self.items), options)
+        options = params.options or OptionsIn()
+        if params.is_query is not None:
+            options = options.model_copy(update={"is_query": params.is_query})
+        requested = options.requested(instruction=params.instruction, output_types=params.output_types,
+                                      output_dtype=params.output_dtype)
+        return EncodeRequest(target.name, tuple(item.text for item in self.items),
+                             target.selection.merged(requested, target.model.config))
 
 
 class EmbeddingsIn(_Lenient):
@@ -132,11 +147,10 @@ class EmbeddingsIn(_Lenient):
             raise ValueError("input strings must be non-empty and free of NUL characters")
         return value
 
-    def to_request(self, model: str, suffix: dict[str, str]) -> EncodeRequest:
-        """`suffix`: {"profile": name} or {"lora_id": name} from `<model>:<suffix>`."""
+    def to_request(self, target: ModelId) -> EncodeRequest:
         texts = (self.input,) if isinstance(self.input, str) else tuple(self.input)
-        options = OptionsIn(**suffix, is_query=self.is_query, instruction=self.instruction, dims=self.dimensions)
-        return EncodeRequest(model, texts, options.requested())
+        options = OptionsIn(is_query=self.is_query, instruction=self.instruction, dims=self.dimensions)
+        return EncodeRequest(target.name, texts, target.selection.merged(options.requested(), target.model.config))
 
 
 def describe(exc: ValidationError) -> str:
@@ -149,11 +163,12 @@ def describe(exc: ValidationError) -> str:
 
 
 def validate(model: type[BaseModel], body: Any, *, what: str = "request body must be an object") -> Any:
-    """The body as `model`, or 400 INVALID_INPUT naming the fields that are wrong."""
+    """The body as `model`, or 400 INVALID_INPUT naming the fields that are wrong (the first as `field`)."""
     if not isinstance(body, dict):
         raise invalid_input(what)
     try:
         return model.model_validate(body)
     except ValidationError as exc:
-        raise invalid_input(describe(exc)) from None
+        location = exc.errors()[0]["loc"] if exc.errors() else ()
+        raise invalid_input(describe(exc), field=str(location[0]) if location else None) from None
 

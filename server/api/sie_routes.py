@@ -1,4 +1,4 @@
-"""SIE's routes: encode (msgpack or JSON) and the model list."""
+"""SIE's routes: encode (msgpack or JSON) and the model list, under `<model>[:<profile|adapter>]` ids."""
 
 from __future__ import annotations
 
@@ -8,40 +8,29 @@ from fastapi import APIRouter, Request, Response
 
 from server.api.context import context, request_body
 from server.api.encoding import run_encode
+from server.api.model_ids import listed_model_id, parse_model_id
+from server.api.model_info import model_entries, openai_entries, selected_info
 from server.api.openapi import ENCODE_OPENAPI
 from server.api.schemas import EncodeRequestIn, validate
 from server.api.wire import MSGPACK, dump_json, pack, wants_json
-from server.served_model import ModelState, ServedModel
 
 router = APIRouter()
-STATES = {ModelState.READY: "loaded", ModelState.LOADING: "loading", ModelState.FAILED: "failed"}
-
-
-def model_info(model: ServedModel) -> dict:
-    config, status = model.config, model.status()
-    return {
-        "name": config.name,
-        "state": STATES[status.state],
-        "loaded": status.state is ModelState.READY,
-        "last_error": {"message": status.failure} if status.failure else None,
-        "inputs": ["text"],
-        "outputs": ["dense"],
-        "dims": {"dense": status.dims} if status.dims else {},
-        "max_sequence_length": config.max_seq_len,
-        "profiles": {name: {"instruction": p.instruction, "lora_id": p.lora_id, "is_default": False}
-                     for name, p in config.profiles.items()},
-        "loras": model.adapters.describe(),
-    }
 
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> dict:
-    return {"models": [model_info(model) for model in context(request).models.values()]}
+    """SIE's `models` (each model, then its `<model>:<profile>` and `<model>:<adapter>` ids) and, beside
+    it, OpenAI's list shape, so an OpenAI client pointed at /v1 lists the same ids."""
+    ctx = context(request)
+    models = [entry for model in ctx.models.values() for entry in model_entries(model, ctx.paths)]
+    data = [entry for name, model in ctx.models.items() for entry in openai_entries(name, model)]
+    return {"models": models, "object": "list", "data": data}
 
 
 @router.get("/v1/models/{model:path}")
 async def get_model(model: str, request: Request) -> dict:
-    return model_info(context(request).model(model))
+    ctx = context(request)
+    return selected_info(listed_model_id(ctx, model), ctx.paths)
 
 
 @router.post("/v1/encode/{model:path}", openapi_extra=ENCODE_OPENAPI)
@@ -49,9 +38,11 @@ async def encode(model: str, request: Request) -> Response:
     started = time.perf_counter()
     ctx = context(request)
     with ctx.metrics.track("sie", model) as track:
+        target = parse_model_id(ctx, model)
+        track.model = target.name
         body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
-        options, result = await run_encode(ctx, parsed.to_request(model), request, track)
+        options, result = await run_encode(ctx, parsed.to_request(target), request, track)
     items = []
     for item, vector in zip(parsed.items, result.vectors):
         entry = {"dense": {"dims": result.dims, "dtype": options.output_dtype, "values": vector}}

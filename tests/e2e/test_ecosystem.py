@@ -101,7 +101,7 @@ def test_openai_hot_load_retries_until_vector(oai):
     ({"model": "org/other", "input": "x"}, openai.NotFoundError, "org/other"),
     ({"model": DEMO_MODEL, "input": [[1, 2, 3]]}, openai.BadRequestError, "token-id input"),
     ({"model": DEMO_MODEL, "input": ""}, openai.BadRequestError, "non-empty"),
-    ({"model": DEMO_MODEL, "input": "x", "dimensions": 4}, openai.BadRequestError, "dims 4 is out of range"),
+    ({"model": DEMO_MODEL, "input": "x", "dimensions": 4}, openai.BadRequestError, "dimensions 4 is out of range"),
 ])
 def test_openai_errors(oai, kwargs, error, fragment):
     with pytest.raises(error) as info:

@@ -134,7 +134,8 @@ def test_model_not_found_and_unknown_route(demo_server):
 def test_health_ready_and_models(demo_server):
     assert httpx.get(demo_server.url + "/healthz").json() == {"status": "ok"}
     assert httpx.get(demo_server.url + "/readyz").status_code == 200
-    (model,) = httpx.get(demo_server.url + "/v1/models").json()["models"]
+    model, *variants = httpx.get(demo_server.url + "/v1/models").json()["models"]
+    assert [v["name"] for v in variants] == [f"{DEMO_MODEL}:{s}" for s in ("legal", "medical", "finance")]
     assert model["name"] == DEMO_MODEL and model["dims"] == {"dense": 64} and model["state"] == "loaded"
     assert [lora["name"] for lora in model["loras"]] == ["finance", "legal", "medical"]
     assert all(lora["state"] == "ready" and lora["pinned"] and lora["rank"] == 8 for lora in model["loras"])
