@@ -13,6 +13,7 @@ REPLICAS ?= 2
 venv: $(STAMP)
 
 # torch first (CPU build from the local wheel cache), so no dependency drags in a CUDA build.
+# Changing this recipe does not rebuild an existing .venv (the stamp follows pyproject.toml only).
 # sie-sdk declares Python 3.12; on 3.11 it works with numpy<2.5 and --ignore-requires-python.
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,6 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	$(BIN)/pip install -q --ignore-requires-python sie-sdk
+	# Triton runs the LoRA kernels' tests in its interpreter here; a CUDA torch brings its own Triton.
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install -q triton==3.6.0
 	touch $(STAMP)
 
 run: venv

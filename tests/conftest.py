@@ -24,6 +24,10 @@ def pytest_configure(config):
     os.environ.setdefault("MLE_CACHE_DIR", tempfile.mkdtemp(prefix="mle-test-cache-"))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import torch
+
+    if not torch.cuda.is_available():  # Triton kernels run in Triton's interpreter, on the CPU
+        os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def free_port() -> int:

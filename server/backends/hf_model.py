@@ -62,14 +62,31 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
     return (hidden * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
 
 
-def pooled_forward(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor,
-                   layout: ModelLayout) -> torch.Tensor:
-    """One forward and pooling over right-padded rows. Decoders run without a mask: with causal attention
-    a real token never sees the padding after it, and SDPA keeps its fast `is_causal` path. Encoders
-    attend both ways, so padding is masked out."""
+def prepared_causal_mask(model: nn.Module) -> dict | None:
+    """For a decoder whose forward takes a prepared per-layer-type mask mapping and whose layers all use
+    full attention (Qwen3, Qwen2, ...): `{"full_attention": None}`. Without it, transformers 5 derives
+    position ids, finds them "packed" under torch.compile or graph capture and builds a full [B, 1, L, L]
+    mask, so SDPA loses `is_causal` and its flash kernel (in eager mode the same check costs a host sync;
+    transformers #48925). None for other models (they keep the mask-free call)."""
+    import inspect
+
+    layer_types = set(getattr(model.config, "layer_types", None) or ())
+    try:
+        takes_mapping = "attention_mask, dict)" in inspect.getsource(type(model).forward)
+    except (OSError, TypeError):
+        return None
+    return {"full_attention": None} if takes_mapping and layer_types == {"full_attention"} else None
+
+
+def pooled_forward(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, layout: ModelLayout,
+                   causal_mask: dict | None = None) -> torch.Tensor:
+    """One forward and pooling over right-padded rows. Decoders run without a mask (`causal_mask`, from
+    `prepared_causal_mask`, says so explicitly where the model takes it): with causal attention a real
+    token never sees the padding after it, and SDPA keeps its fast `is_causal` path. Encoders attend both
+    ways, so padding is masked out."""
     if layout.encoder:
         mask = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
         hidden = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
     else:
-        hidden = model(input_ids=input_ids, use_cache=False).last_hidden_state
+        hidden = model(input_ids=input_ids, attention_mask=causal_mask, use_cache=False).last_hidden_state
     return pool(hidden, lengths, layout.pooling)

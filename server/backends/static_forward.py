@@ -4,6 +4,7 @@ graphs for small batches. Compiled code and graphs are made again only when the 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
@@ -26,22 +27,29 @@ WARM_UP_LENGTH = 16
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """How the torch backend runs: `static_rows` (else the eager segment path), compiled, CUDA graphs."""
+    """How the torch backend runs: `static_rows` (else the eager segment path), compiled, CUDA graphs, and
+    the static path's LoRA as Triton kernels (else the gathered bmm pair)."""
 
     static_rows: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
+    triton_kernels: bool = False
 
 
 def choose_engine(config: ModelConfig, device: str, layout: ModelLayout) -> EngineChoice:
     """`auto` compiles on CUDA and captures graphs on CUDA for decoders (an encoder's padding mask makes
-    transformers branch on tensor values, which a graph cannot record). The CPU keeps its eager path."""
+    transformers branch on tensor values, which a graph cannot record), with the Triton LoRA kernels when
+    triton is installed. The CPU keeps its eager path (`lora_kernels: triton` there runs Triton's
+    interpreter: for tests, not for speed)."""
     cuda = device.startswith("cuda")
     compiled = config.compile == "on" or (config.compile == "auto" and cuda)
     graphs = cuda and (config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and not layout.encoder))
     if config.cuda_graphs == "on" and not cuda:
         log.warning("%s: cuda_graphs: on has no effect on %s", config.name, device)
-    return EngineChoice(static_rows=cuda or compiled, compiled=compiled, cuda_graphs=graphs)
+    kernels = config.lora_kernels == "triton" or (
+        config.lora_kernels == "auto" and cuda and importlib.util.find_spec("triton") is not None)
+    return EngineChoice(static_rows=cuda or compiled or kernels, compiled=compiled, cuda_graphs=graphs,
+                        triton_kernels=kernels)
 
 
 def use_compile_cache() -> str:
@@ -60,8 +68,9 @@ class StaticForward:
     plan's current width after `ensure_warm`."""
 
     def __init__(self, model: nn.Module, layout: ModelLayout, plan: SegmentPlan, choice: EngineChoice, *,
-                 device: str, max_length: int, name: str):
+                 device: str, max_length: int, name: str, causal_mask: dict | None = None):
         self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, name
+        self.causal_mask = causal_mask
         self._forward = self._compiled() if choice.compiled else self._eager
         self.graphs: GraphPool | None = None
         if choice.cuda_graphs:
@@ -70,7 +79,7 @@ class StaticForward:
         self.warm_width: int | None = None  # the width compiled code and graphs were last made for
 
     def _eager(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return pooled_forward(self.model, ids, lengths, self.layout)
+        return pooled_forward(self.model, ids, lengths, self.layout, self.causal_mask)
 
     def _compiled(self):
         log.info("%s: compiling the forward (inductor cache: %s)", self.name, use_compile_cache())

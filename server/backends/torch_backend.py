@@ -18,7 +18,15 @@ import torch
 
 from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
-from server.backends.hf_model import DTYPES, linear_targets, load_encoder, pad_rows, pooled_forward, shapes_of
+from server.backends.hf_model import (
+    DTYPES,
+    linear_targets,
+    load_encoder,
+    pad_rows,
+    pooled_forward,
+    prepared_causal_mask,
+    shapes_of,
+)
 from server.backends.static_forward import EngineChoice, StaticForward, choose_engine
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
@@ -44,6 +52,7 @@ class TorchBackend(Backend):
         self._static: StaticForward | None = None
         self._installed: set[int] = set()  # touched on the worker thread only
         self._layers: dict = {}
+        self._causal_mask: dict | None = None
         self._info = BackendInfo(hidden_size=0)
         self.layout = ModelLayout(encoder=False, pooling="last", max_positions=None)
         self.model = None
@@ -68,15 +77,28 @@ class TorchBackend(Backend):
         log.info("%s: adapter pool of %d slots up to rank %d: %.1f MiB", self.config.name, slots,
                  self.config.adapters.max_lora_rank, pool_bytes(self._layers) / 2**20)
         self.model = model
+        self._causal_mask = None if self.layout.encoder else prepared_causal_mask(model)
         engine = self._engine or choose_engine(self.config, self.device, self.layout)
+        if engine.triton_kernels:
+            self._use_kernels()
         if engine.static_rows:
             self._static = StaticForward(model, self.layout, self._plan, engine, device=self.device,
-                                         max_length=self.config.max_seq_len, name=self.config.name)
+                                         max_length=self.config.max_seq_len, name=self.config.name,
+                                         causal_mask=self._causal_mask)
         log.info("%s: %s", self.config.name, engine)
         self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
                                  description=f"{folder} on {self.device} ({self.dtype}, "
                                              f"{'encoder' if self.layout.encoder else 'decoder'}, "
                                              f"{self.layout.pooling} pooling)")
+
+    def _use_kernels(self) -> None:
+        """The static path's LoRA as Triton custom ops, over groups of linears that share an input."""
+        from server.lora import lora_ops
+        from server.lora.groups import group_linears
+
+        groups = group_linears(self._layers)
+        self._plan.ops = lora_ops
+        log.info("%s: Triton LoRA kernels over %d groups of linears", self.config.name, len(groups))
 
     async def close(self) -> None:
         await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
@@ -142,7 +164,7 @@ class TorchBackend(Backend):
         input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
         self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
         try:
-            pooled = pooled_forward(self.model, input_ids, lengths, self.layout).float()
+            pooled = pooled_forward(self.model, input_ids, lengths, self.layout, self._causal_mask).float()
         finally:
             self._plan.clear()
         result = torch.empty_like(pooled)

@@ -18,7 +18,9 @@ base with the loop and +10% with bmm.
 
 The static path (CUDA, compiled forwards, CUDA graphs) always takes the gathered shape over every row,
 at one model-wide power-of-two rank width, with base rows reading an extra all-zero slot: no Python
-per segment and no shape that depends on the batch's mix of adapters.
+per segment and no shape that depends on the batch's mix of adapters. On CUDA that shape runs as Triton
+kernels (`lora/groups`, `lora/lora_ops`): one shrink per group of linears sharing an input, an expand added
+into the base output, base rows and untouched linears skipped; the gathered bmm pair stays as the control.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class MixedLoraLinear(nn.Module):
         self.register_buffer("bt", weight.new_zeros(slots + 1, max_rank, base.out_features), persistent=False)
         self.ranks = [0] * (slots + 1)  # 0: nothing installed at that slot for this layer
         self.live_rank = 0  # the largest installed rank (the gathered path's width)
+        self.group = None  # lora/groups.LoraGroup on the Triton kernel path: its `a` is a view of the group's
+        self.member = 0
 
     @property
     def in_features(self) -> int:
@@ -58,21 +62,29 @@ class MixedLoraLinear(nn.Module):
         self.bt[slot].zero_()
         self.a[slot, :rank].copy_(a)
         self.bt[slot, :rank].copy_((b * scaling).t())
+        self._set_rank(slot, rank)
+
+    def _set_rank(self, slot: int, rank: int) -> None:
         self.ranks[slot] = rank
         self.live_rank = max(self.ranks)
+        if self.group is not None:
+            self.group.set_rank(self.member, slot, rank)
 
     def clear_slot(self, slot: int) -> None:
         if self.ranks[slot]:
             self.a[slot].zero_()
             self.bt[slot].zero_()
-            self.ranks[slot] = 0
-            self.live_rank = max(self.ranks)
+            self._set_rank(slot, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         plan = self.plan
         # The CPU's gathered path falls back to its segments for a flat input; the static path has none, so
         # a flat input there must fail in the bmm rather than silently lose the adapters.
+        if plan.ops is not None:  # Triton kernels (static path): a flat input fails in them, never skips them
+            if plan.width:
+                self.group.apply(self.member, x, y, plan, plan.ops)
+            return y
         if plan.row_slots is not None and (x.dim() == 3 or plan.span is None):
             width = plan.width or self.live_rank
             if width:

@@ -34,6 +34,7 @@ class SegmentPlan:
         self.row_slots: torch.Tensor | None = None
         self.span: tuple[int, int] | None = None
         self.width = 0
+        self.ops = None  # lora/lora_ops when the static path runs the Triton kernels, else None
 
     def publish(self, segments: tuple[Segment, ...], device: torch.device | str) -> None:
         """Segment path; past `BMM_MIN_SEGMENTS` small segments the adapter rows (contiguous, base rows

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -52,11 +53,14 @@ def static_model(demo_config, demo_dirs):
 
 def test_engine_choice_by_device_and_setting(demo_config):
     decoder, encoder = ModelLayout(False, "last", None), ModelLayout(True, "cls", None)
+    kernels = importlib.util.find_spec("triton") is not None  # auto: Triton on CUDA when installed
     assert choose_engine(demo_config, "cpu", decoder) == EngineChoice()
-    assert choose_engine(demo_config, "cuda", decoder) == EngineChoice(True, True, True)
-    assert choose_engine(demo_config, "cuda", encoder) == EngineChoice(True, True, False)
-    off = dataclasses.replace(demo_config, compile="off", cuda_graphs="off")
+    assert choose_engine(demo_config, "cuda", decoder) == EngineChoice(True, True, True, kernels)
+    assert choose_engine(demo_config, "cuda", encoder) == EngineChoice(True, True, False, kernels)
+    off = dataclasses.replace(demo_config, compile="off", cuda_graphs="off", lora_kernels="torch")
     assert choose_engine(off, "cuda:1", decoder) == EngineChoice(static_rows=True)
+    assert choose_engine(dataclasses.replace(demo_config, lora_kernels="triton"), "cpu", decoder) == \
+        EngineChoice(static_rows=True, triton_kernels=True)
     assert choose_engine(dataclasses.replace(demo_config, compile="on"), "cpu", decoder) == \
         EngineChoice(static_rows=True, compiled=True)
 
