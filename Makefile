@@ -8,7 +8,7 @@ PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 REPLICAS ?= 2
 
-.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-gpu real demo-adapter bench-gpu check clean
+.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
 
 venv: $(STAMP)
 
@@ -80,6 +80,24 @@ bench-gpu:
 
 test-gpu:
 	$(BENCH_PY) -m pytest -q -m gpu tests/gpu
+
+# Every GPU target in one run of at most 9 minutes: the gpu tier, the in-process table with the Triton kernels
+# and the bmm control, HTTP c1x1 and c64x1; one table of measured / target / pass (benchmarks/gpu/gpu_check.py).
+gpu-check:
+	mkdir -p benchmarks/out/gpu
+	$(BENCH_PY) benchmarks/gpu/gpu_check.py --json benchmarks/out/gpu/gpu_check.json
+
+# Wheels an offline GPU node (Python 3.12, manylinux x86_64) needs beyond its PyTorch image (torch, triton,
+# transformers, peft): README "Offline GPU node".
+WHEELHOUSE ?= wheelhouse
+GPU_IMAGE_HAS ?= torch triton transformers peft numpy safetensors tokenizers huggingface_hub hf_xet
+wheelhouse:
+	mkdir -p $(WHEELHOUSE)
+	$(PY) -m pip download --dest $(WHEELHOUSE) --only-binary=:all: --python-version 3.12 \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform any --implementation cp -r deploy/gpu-node-requirements.txt
+	for name in $(GPU_IMAGE_HAS); do rm -f $(WHEELHOUSE)/$$name-[0-9]*.whl; done
+	@echo "$$(ls $(WHEELHOUSE) | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1), in $(WHEELHOUSE)/"
 
 clean:
 	rm -rf $(VENV) .venv-sglang .cache .pytest_cache

@@ -48,6 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-peft", action="store_true")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="the model config's setting")
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
+    parser.add_argument("--lora-kernels", default="auto", choices=["auto", "triton", "torch"],
+                        help="the static path's LoRA: Triton kernels or the gathered bmm pair (the control)")
     parser.add_argument("--json", help="write the report here (and a PNG chart beside it)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -96,7 +98,8 @@ def our_model(args, assets):
     every = assets["qkvo"] + assets["all7"]
     config = model_config_from_dict({"name": "bench", "model_path": str(assets["model"]), "adapter": "torch",
                                      "dtype": args.dtype, "compile": args.compile,
-                                     "cuda_graphs": args.cuda_graphs, "adapter_options_loadtime": {
+                                     "cuda_graphs": args.cuda_graphs, "lora_kernels": args.lora_kernels,
+                                     "adapter_options_loadtime": {
                                          "lora_paths": {n: str(p) for n, p in every},
                                          "max_loras_per_batch": len(every), "max_lora_rank": args.rank}})
     # The random model's vocabulary is smaller than the tokenizer's, so the text probe of the adapter-effect

@@ -81,3 +81,18 @@ def test_kernel_path_matches_the_bmm_control_and_is_batch_invariant(kernel_model
             assert np.abs(alone[0] - ours[index]).max() <= 1e-5
     finally:
         asyncio.run(control.stop())
+
+
+@pytest.mark.slow
+def test_compiled_kernel_path_has_no_graph_break(demo_config, wide_root, kernel_model):
+    """torch.compile traces the custom ops and the group's shared shrink in one graph; vectors unchanged."""
+    import torch._dynamo.utils
+
+    torch._dynamo.utils.counters.clear()
+    compiled = with_wide(demo_config, wide_root, lora_kernels="triton", compile="on")
+    try:
+        rows, names = mixed(kernel_model)
+        assert np.abs(embed(compiled, rows, names) - embed(kernel_model, rows, names)).max() <= 1e-5
+        assert not torch._dynamo.utils.counters["graph_break"]
+    finally:
+        asyncio.run(compiled.stop())

@@ -62,3 +62,15 @@ def test_gpu_serve_bench_smoke(tmp_path):
                          "--seconds", "5", "--json", str(tmp_path / "s.json")])
     assert set(report["http_efficiency"]) == {"c1_i1", "c2_i1", "c1_i2", "c2_i2"}
     assert all(cell["ok"] == cell["requests"] for cell in report["http"].values())
+
+
+def test_gpu_check_smoke(tmp_path):
+    """`make gpu-check` end to end at tiny shapes on the CPU (the kernels in Triton's interpreter): every
+    stage runs and the table has a row per target."""
+    out = tmp_path / "gpu_check.json"
+    report = load("gpu_check", "benchmarks/gpu").main(["--smoke", "--json", str(out)])
+    assert all(stage["status"] == "ok" for stage in report["stages"].values()), report["stages"]
+    assert len(report["table"]) == 7 and all(row["pass"] == "n/a (smoke)" for row in report["table"])
+    assert report["values"]["triton"]["big"]["overhead_all7_mixed8"] is not None
+    assert report["values"]["torch"]["single"]["base_ms"] > 0 and report["values"]["serve"]["c1_i1"]["p50_ms"] > 0
+    assert json.loads(out.read_text())["smoke"] is True

@@ -1,7 +1,8 @@
 """The torch backend on CUDA (`make test-gpu`; skipped without a GPU): bf16 mixed batches against an fp32
 PEFT reference (ours no further from fp32 than PEFT in bf16 is, plus 1e-4), batch invariance, the
-compiled and graph-replayed forwards against the eager one, and adapters installed and evicted in place
-while graphs exist (a replayed graph serves the weights installed after its capture)."""
+compiled and graph-replayed forwards against the eager one, adapters installed and evicted in place
+while graphs exist (a replayed graph serves the weights installed after its capture), and the Triton LoRA
+kernels against the gathered bmm control (bf16) and PEFT (fp32, 1e-5)."""
 
 from __future__ import annotations
 
@@ -87,7 +88,7 @@ def cosines(a, b):
 
 def test_cuda_defaults_compile_and_capture(gpu_model):
     static = gpu_model.backend._static
-    assert static.choice == EngineChoice(static_rows=True, compiled=True, cuda_graphs=True)
+    assert static.choice == EngineChoice(static_rows=True, compiled=True, cuda_graphs=True, triton_kernels=True)
     assert static.graphs is not None and len(static.graphs.graphs) == len(static.graphs.buckets)
 
 
@@ -122,3 +123,33 @@ def test_a_graph_serves_weights_installed_after_capture(gpu_model, eager_model, 
         assert cosines(back, reference).min() >= 0.999
     finally:
         asyncio.run(backend.install(slot, legal))
+
+
+@pytest.fixture(scope="module")
+def control_model(demo_config, demo_dirs):
+    """The gathered bmm pair instead of the Triton kernels, eager."""
+    model = loaded_model(dataclasses.replace(demo_config, dtype="bfloat16", compile="off", cuda_graphs="off",
+                                             lora_kernels="torch"), device="cuda")
+    yield model
+    asyncio.run(model.backend.close())
+
+
+@pytest.mark.parametrize("copies", [1, 40])
+def test_triton_kernels_equal_the_bmm_control(gpu_model, eager_model, control_model, copies):
+    rows = gpu_model.tokenizer.tokenize(TEXTS * len(ADAPTERS) * copies).input_ids
+    names = [a for a in ADAPTERS for _ in TEXTS] * copies
+    control = control_model.backend.embed_sync(token_batch(control_model, rows, names))
+    for model in (gpu_model, eager_model):  # graphed/compiled and eager kernels
+        assert cosines(model.backend.embed_sync(token_batch(model, rows, names)), control).min() >= 0.9999
+
+
+def test_fp32_kernels_match_peft(demo_config, demo_dirs):
+    model = loaded_model(dataclasses.replace(demo_config, dtype="float32", compile="off", cuda_graphs="off",
+                                             lora_kernels="triton"), device="cuda")
+    try:
+        rows = model.tokenizer.tokenize(TEXTS * len(ADAPTERS)).input_ids
+        names = [a for a in ADAPTERS for _ in TEXTS]
+        ours = unit(model.backend.embed_sync(token_batch(model, rows, names)))
+        assert np.abs(ours - unit(peft_vectors(demo_dirs, rows, names, torch.float32))).max() <= 1e-5
+    finally:
+        asyncio.run(model.backend.close())
