@@ -2,6 +2,7 @@
 optionally one SIGTERM-restart cycle; every good answer is checked against a reference vector.
 
     python benchmarks/soak.py --duration 60 --json benchmarks/out/soak.json --restart
+    python benchmarks/soak.py --requests 4000 --duration 240 --restart   # a fixed count, the time a limit
     python benchmarks/soak.py --duration 600 --json benchmarks/out/soak-10min.json --restart
 
 Report keys: sent, answered_by_status, lost (sent, never answered), refused (connection refused, never
@@ -46,7 +47,9 @@ BAD_BODIES = [
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds at most (the limit)")
+    parser.add_argument("--requests", type=int, default=None,
+                        help="stop after this many requests (default: run for the whole duration)")
     parser.add_argument("--concurrency", type=int, default=24)
     parser.add_argument("--bad-fraction", type=float, default=0.10)
     parser.add_argument("--restart", action="store_true", help="one SIGTERM + restart cycle half way through")
@@ -125,9 +128,18 @@ class Server:
 
 
 class Tally:
-    def __init__(self):
+    def __init__(self, limit: int | None = None):
+        self.limit = limit  # requests to start at most (None: no count, only the duration)
+        self.started = 0
         self.sent = self.lost = self.refused = self.wrong = self.server_errors = 0
         self.by_status: dict[str, int] = {}
+
+    def take(self) -> bool:
+        """Whether another request may start (the count is not spent)."""
+        if self.limit is not None and self.started >= self.limit:
+            return False
+        self.started += 1
+        return True
 
     def answered(self, response: httpx.Response) -> None:
         key = str(response.status_code)
@@ -158,6 +170,7 @@ async def one_request(client, rng, texts, table, tally: Tally, bad_fraction: flo
                                       headers={"Content-Type": content_type, "Accept": "application/json"})
     except httpx.ConnectError:
         tally.refused += 1
+        tally.started -= 1  # never sent: it does not count against --requests
         return
     except httpx.HTTPError:
         tally.sent += 1
@@ -187,7 +200,7 @@ async def drive(server: Server, args, texts, table, tally: Tally, until: float) 
     async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
         async def worker(index: int):
             local = random.Random(args.seed * 1000 + index)
-            while time.monotonic() < until:
+            while time.monotonic() < until and tally.take():
                 await one_request(client, local, texts, table, tally, args.bad_fraction)
                 if tally.refused and local.random() < 0.5:
                     await asyncio.sleep(0.05)  # do not spin on a closed port during a restart
@@ -203,19 +216,25 @@ def main(argv=None) -> dict:
     table = references(texts)
     server = Server(free_port(), queue_items=max(64, args.concurrency * 4))
     server.start()
-    tally, exit_codes, started = Tally(), [], time.monotonic()
+    tally, exit_codes, started = Tally(args.requests), [], time.monotonic()
     end = started + args.duration
     rss_start = None
 
     async def run() -> None:
         nonlocal rss_start
         warm_until = min(end, time.monotonic() + min(10.0, args.duration / 6))
+        if args.requests is not None:  # warm up on a sixth of the count, so the restart phase gets the rest
+            tally.limit = args.requests // 6
         await drive(server, args, texts, table, tally, warm_until)
+        tally.limit = args.requests
         rss_start = server.rss_mb()
         if args.restart:
             half = time.monotonic() + (end - time.monotonic()) / 2
+            half_count = None if tally.limit is None else tally.started + (tally.limit - tally.started) / 2
             load = asyncio.create_task(drive(server, args, texts, table, tally, end))
-            await asyncio.sleep(max(0.0, half - time.monotonic()))
+            # Half way: by time, or by count when one is set (whichever comes first).
+            while time.monotonic() < half and not load.done() and (half_count is None or tally.started < half_count):
+                await asyncio.sleep(0.05)
             exit_codes.append(await asyncio.to_thread(server.stop))
             await asyncio.to_thread(server.start)
             await asyncio.sleep(min(10.0, max(0.0, (end - time.monotonic()) / 4)))  # warm the new process
@@ -230,7 +249,8 @@ def main(argv=None) -> dict:
     finally:
         exit_codes.append(server.stop())
     report = {"duration_s": round(time.monotonic() - started, 1), "concurrency": args.concurrency,
-              "sent": tally.sent, "answered_by_status": dict(sorted(tally.by_status.items())), "lost": tally.lost,
+              "requests_limit": args.requests, "sent": tally.sent,
+              "answered_by_status": dict(sorted(tally.by_status.items())), "lost": tally.lost,
               "refused": tally.refused, "wrong_vectors": tally.wrong, "server_errors": tally.server_errors,
               "rss_growth_mb": round(rss_end - rss_start, 1), "restarts": int(args.restart),
               "exit_codes": exit_codes}

@@ -317,9 +317,16 @@ def test_sigterm_drains_then_exits_zero(demo_dirs):
 
 
 def test_big_bodies_do_not_stall_small_requests(demo_dirs):
-    """Four ~10 MB bodies arriving at once on the demo (a separate `launch.py` process): every small
-    request sent meanwhile is answered within 1 s, and each big one is answered 200 with its 512 tokens."""
+    """Four ~10 MB bodies arriving at once on the demo (a separate `launch.py` process): small requests sent
+    meanwhile keep being answered (none waits longer than 1 s or 25 times the median small request measured
+    just before, on this machine, whichever is more), and each big one is answered 200 with its 512 tokens."""
     with launched_demo("--log-level", "warning") as url:
+        baseline = []
+        for _ in range(20):
+            started = time.perf_counter()
+            assert send(url, {"items": [{"text": "small"}]}, JSON).status_code == 200
+            baseline.append(time.perf_counter() - started)
+        bound = max(1.0, 25 * sorted(baseline)[len(baseline) // 2])
         big = json.dumps({"items": [{"text": "a reasonably ordinary sentence of words " * 250_000}]}).encode()
         outcomes, small_latencies = [], []
         senders = [threading.Thread(target=lambda: outcomes.append(send(url, big, JSON))) for _ in range(4)]
@@ -333,7 +340,7 @@ def test_big_bodies_do_not_stall_small_requests(demo_dirs):
         for sender in senders:
             sender.join()
     assert len(big) > 10_000_000 and small_latencies  # at least one small request overlapped the big ones
-    assert max(small_latencies) < 1.0, small_latencies
+    assert max(small_latencies) < bound, (bound, small_latencies)
     assert [o.status_code for o in outcomes] == [200] * 4
     assert all(o.json()["usage"]["input_tokens"] == 512 for o in outcomes)
 
