@@ -74,6 +74,11 @@ class QueueFull(ServingError):
     """Admission refused: the queue is at its item or token limit, or the backend is overloaded."""
 
 
+class AdapterCapacityFull(QueueFull):
+    """No slot for another adapter now: every resident adapter is pinned or busy. Never remembered as
+    the adapter's failure."""
+
+
 class ShuttingDown(ServingError):
     """The server is draining; the work was not started."""
 

@@ -82,6 +82,10 @@ class AdapterAdmin(Protocol):
     async def load(self, name: str, source: str | None = None, *, pin: bool = False) -> tuple[dict, bool]:
         """Load (or find) and wait; returns (description, created). No source: the configured one."""
 
+    async def reload(self, name: str, source: str | None = None) -> dict:
+        """Re-read a resident adapter into a fresh slot and switch to it with no gap (in-flight rows finish
+        on the old weights); no source: from where it came."""
+
     async def unload(self, name: str, *, force: bool = False) -> None:
         """A preloaded adapter answers AdapterPinned unless `force`."""
 

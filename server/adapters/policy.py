@@ -77,8 +77,11 @@ class DynamicSources:
         return None
 
     def check_source(self, source: str) -> str:
-        """An explicit source (admin API): a path under a root, or an allowed hub id."""
-        if source.startswith(("/", ".", "~")):
+        """An explicit source (admin API): a path under a root (written as it exists, `adapters/x` too), or an
+        allowed hub id."""
+        if not source:
+            raise SourceRefused("the source is empty: give a folder under an adapter root or a hub id")
+        if source.startswith(("/", ".", "~")) or Path(source).expanduser().exists():
             return self._local(Path(source).expanduser())
         return self._hub(source)
 

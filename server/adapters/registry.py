@@ -23,6 +23,7 @@ from server.config import ConfigError
 
 log = logging.getLogger(__name__)
 ROOM_WAIT_S = 30.0
+NO_ROOM_RETRY_S = 1.0  # how long a "no slot" answer is reused before a request tries for a slot again
 
 
 class AdapterRegistry:
@@ -36,6 +37,7 @@ class AdapterRegistry:
         self.sources = AdapterSources()
         self.configured: Mapping[str, str] = {}  # preloaded from the model config: restorable by name
         self.entries: dict[str, AdapterEntry] = {}
+        self._retiring: list[AdapterEntry] = []  # replaced by a reload, their slot freed once their rows finish
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
@@ -99,7 +101,9 @@ class AdapterRegistry:
 
     def release(self, lease: Lease) -> None:
         entry = self.entries.get(lease.name)
-        if entry is not None and entry.slot == lease.slot and entry.leases > 0:
+        if entry is None or entry.slot != lease.slot:
+            entry = next((e for e in self._retiring if e.slot == lease.slot), None)
+        if entry is not None and entry.leases > 0:
             entry.leases -= 1
             if entry.leases == 0:
                 self._released.set()
@@ -110,7 +114,7 @@ class AdapterRegistry:
         entry = self._find_or_start(name)
         await entry.settled.wait()
         if entry.state is AdapterState.FAILED:
-            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
+            raise self._failure(entry)
 
     def source_for(self, name: str) -> str:
         """Where a non-resident adapter would load from, else UnknownAdapter naming what is allowed."""
@@ -126,8 +130,9 @@ class AdapterRegistry:
     def _find_or_start(self, name: str) -> AdapterEntry:
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
-            if time.monotonic() - entry.failed_at < self.failure_ttl_s:
-                raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
+            ttl = NO_ROOM_RETRY_S if entry.no_room else self.failure_ttl_s
+            if time.monotonic() - entry.failed_at < ttl:
+                raise self._failure(entry)
             del self.entries[name]
             entry = None
         if entry is not None:
@@ -142,10 +147,7 @@ class AdapterRegistry:
             source = checked = self.source_for(name)
             pin = pin or name in self.configured
         else:
-            try:
-                checked = self.sources.dynamic.check_source(source)
-            except SourceRefused as exc:
-                raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}") from None
+            checked = self._checked(name, source)
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
             del self.entries[name]
@@ -157,9 +159,59 @@ class AdapterRegistry:
             entry = self._start_load(name, checked, pinned=pin)
         await entry.settled.wait()
         if entry.state is AdapterState.FAILED:
-            raise errors.AdapterLoadFailed(f"adapter {name!r} failed to load: {entry.cause}", field="lora_id")
+            raise self._failure(entry)
         entry.pinned = entry.pinned or pin
         return entry.describe(), created
+
+    async def reload(self, name: str, source: str | None = None) -> dict:
+        """Read `name` again (from `source`, else from where it came) into a free slot and switch to it at
+        once: requests admitted before the switch finish on the old weights, later ones get the new; the
+        old slot is freed once its rows are answered. A failed read leaves the loaded adapter serving."""
+        old = self.entries.get(name)
+        if old is None or not old.ready:
+            raise errors.AdapterNotFound(f"adapter {name!r} is not loaded for model {self.model!r}; load it first")
+        fresh = AdapterEntry(name, old.source if source is None else self._checked(name, source), pinned=old.pinned)
+        async with self._load_lock:
+            self.counters["loads"] += 1
+            try:
+                await self._make_room(keep=old)
+                await self._install(fresh)
+            except errors.AdapterCapacityFull:
+                raise
+            except Exception as exc:
+                self.counters["load_failures"] += 1
+                raise errors.AdapterLoadFailed(f"adapter {name!r} was not reloaded, the loaded one keeps serving: "
+                                               f"{exc}", field="lora_id") from None
+        fresh.last_used = old.last_used
+        fresh.settled.set()
+        old.state = AdapterState.UNLOADING
+        self.entries[name] = fresh
+        self._retiring.append(old)
+        log.info("%s: adapter %r reloaded from %s (slot %d; slot %d frees when its rows finish)", self.model, name,
+                 fresh.source, fresh.slot, old.slot)
+        while old.leases:
+            self._released.clear()
+            await self._released.wait()
+        await self._remove(old)
+        self._retiring.remove(old)
+        return fresh.describe()
+
+    def _checked(self, name: str, source: str) -> str:
+        try:
+            return self.sources.dynamic.check_source(source)
+        except SourceRefused as exc:
+            raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}", field="source") from None
+
+    def _failure(self, entry: AdapterEntry) -> errors.ServingError:
+        """A failed entry as the client is told: 503 for want of a slot, else 400 with how long it is
+        remembered and how to retry now."""
+        if entry.no_room:
+            return errors.AdapterCapacityFull(f"adapter {entry.name!r} cannot be loaded now: {entry.cause}")
+        left = max(0.0, self.failure_ttl_s - (time.monotonic() - entry.failed_at))
+        return errors.AdapterLoadFailed(
+            f"adapter {entry.name!r} failed to load: {entry.cause} (remembered for another {left:.0f} s, "
+            f"lora_failure_ttl_s; to retry now: POST /v1/models/{self.model}/loras {{\"name\": \"{entry.name}\"}})",
+            field="lora_id")
 
     async def unload(self, name: str, *, eviction: bool = False, force: bool = False) -> None:
         """Stop admitting requests for `name`, wait for its in-flight rows, then drop it. `eviction`: an
@@ -198,7 +250,8 @@ class AdapterRegistry:
                 await self._make_room()
                 await self._install(entry)
             except Exception as exc:
-                self.counters["load_failures"] += 1
+                entry.no_room = isinstance(exc, errors.AdapterCapacityFull)
+                self.counters["load_failures"] += not entry.no_room
                 entry.state, entry.cause, entry.failed_at = AdapterState.FAILED, str(exc), time.monotonic()
                 log.warning("%s: adapter %r failed to load: %s", self.model, entry.name, exc)
             finally:
@@ -212,7 +265,7 @@ class AdapterRegistry:
         """Read and validate the adapter once, then install it at a free slot."""
         log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
         adapter = await self.loader.read(entry.name, entry.source)
-        slot = min(set(range(self.capacity)) - {e.slot for e in self.entries.values()})
+        slot = min(set(range(self.capacity)) - self._occupied())
         entry.slot = slot  # reserved while the backend installs, so no other load takes it
         try:
             await self.loader.install(adapter, slot, pinned=entry.pinned)
@@ -225,14 +278,18 @@ class AdapterRegistry:
         await self.backend.remove(entry.slot)
         entry.slot = None
 
-    def _victim(self) -> AdapterEntry | None:
-        idle = [e for e in self.entries.values() if e.ready and not e.pinned and e.leases == 0]
+    def _occupied(self) -> set[int]:
+        return {e.slot for e in (*self.entries.values(), *self._retiring) if e.slot is not None}
+
+    def _victim(self, keep: AdapterEntry | None) -> AdapterEntry | None:
+        idle = [e for e in self.entries.values() if e.ready and not e.pinned and e.leases == 0 and e is not keep]
         return min(idle, key=lambda e: e.last_used, default=None)
 
-    async def _make_room(self) -> None:
+    async def _make_room(self, keep: AdapterEntry | None = None) -> None:
+        """A free slot, evicting the least recently used idle adapter (never `keep`) when full."""
         deadline = time.monotonic() + ROOM_WAIT_S
-        while sum(e.slot is not None for e in self.entries.values()) >= self.capacity:
-            victim = self._victim()
+        while len(self._occupied()) >= self.capacity:
+            victim = self._victim(keep)
             if victim is not None:
                 victim.state = AdapterState.UNLOADING
                 log.info("%s: evicting adapter %r (least recently used)", self.model, victim.name)
@@ -240,14 +297,15 @@ class AdapterRegistry:
                 self.entries.pop(victim.name, None)
                 self.counters["evictions"] += 1
                 continue
-            resident = [e for e in self.entries.values() if e.ready]
+            resident = [e for e in self.entries.values() if e.ready and e is not keep]
             if resident and all(e.pinned for e in resident):
-                raise RuntimeError(f"no room: all {len(resident)} resident adapters are pinned "
-                                   f"(max_loras_per_model {self.capacity})")
+                raise errors.AdapterCapacityFull(
+                    f"no free adapter slot: all {len(resident)} other resident adapters are pinned "
+                    f"(max_loras_per_model {self.capacity}); unload one, or raise max_loras_per_model")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise RuntimeError(f"no room: the {self.capacity} resident adapters stayed busy for "
-                                   f"{ROOM_WAIT_S:.0f} s")
+                raise errors.AdapterCapacityFull(f"no free adapter slot: the {self.capacity} resident adapters "
+                                                 f"stayed busy for {ROOM_WAIT_S:.0f} s; retry shortly")
             self._released.clear()
             try:
                 await asyncio.wait_for(self._released.wait(), remaining)

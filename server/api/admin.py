@@ -22,12 +22,14 @@ class LoadLoraIn(BaseModel):
     name: StrictStr
     source: StrictStr | None = None  # None: where the model's config says (lora_paths, catalog, adapter roots)
     pin: StrictBool = False
+    reload: StrictBool = False  # a resident adapter: read it again (from `source`, else its own) with no gap
 
 
 class VllmLoraIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     lora_name: StrictStr
     lora_path: StrictStr | None = None
+    load_inplace: StrictBool = False  # vLLM's name for a reload of a resident adapter
 
 
 async def parse(request: Request, model: type[BaseModel]):
@@ -70,10 +72,21 @@ async def list_loras(model: str, request: Request) -> dict:
 @router.post("/v1/models/{model:path}/loras")
 async def load_lora(model: str, request: Request) -> JSONResponse:
     ctx = context(request)
-    admin = admin_of(ctx.model(model))
+    served = ctx.model(model)
+    admin_of(served)  # not supported, or not ready: answered before the body is read
     spec = await parse(request, LoadLoraIn)
-    described, created = await admin.load(check_name(spec.name), spec.source, pin=spec.pin)
+    described, created = await load_or_reload(served, check_name(spec.name), spec.source, pin=spec.pin,
+                                              reload=spec.reload)
     return JSONResponse(ctx.paths.hide_in(described), status_code=201 if created else 200)
+
+
+async def load_or_reload(model: ServedModel, name: str, source: str | None, *, pin: bool = False,
+                         reload: bool = False) -> tuple[dict, bool]:
+    """Load (201), find (200), or with `reload` read a resident adapter again with no gap (200)."""
+    admin = admin_of(model)
+    if reload and name in model.adapters.names():
+        return await admin.reload(name, source), False
+    return await admin.load(name, source, pin=pin)
 
 
 @router.delete("/v1/models/{model:path}/loras/{name}")
@@ -88,8 +101,13 @@ async def vllm_load(request: Request) -> PlainTextResponse:
     """vLLM's route (what gateways and vLLM tooling call): {"lora_name", "lora_path"}."""
     spec = await parse(request, VllmLoraIn)
     model, name = vllm_target(context(request), spec.lora_name)
-    await admin_of(model).load(check_name(name), spec.lora_path or "")
-    return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' added successfully.")
+    try:
+        await load_or_reload(model, check_name(name), spec.lora_path, reload=spec.load_inplace)
+    except errors.UnknownAdapter as exc:  # no lora_path, and not a name the model can load by itself
+        raise errors.InvalidInput(f"lora_path is missing: give the folder or hub id to load {name!r} from "
+                                  f"({exc.message})", field="lora_path") from None
+    verb = "reloaded" if spec.load_inplace else "added"
+    return PlainTextResponse(f"Success: LoRA adapter '{spec.lora_name}' {verb} successfully.")
 
 
 @router.post("/v1/unload_lora_adapter")
