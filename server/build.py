@@ -6,8 +6,8 @@ from __future__ import annotations
 import logging
 
 from server.backends import check_fits, create_backend, pick_device, resolve_backend_kind
-from server.config import ModelConfig, ServerSettings
-from server.local_model import LocalModel
+from server.config import ConfigError, ModelConfig, ServerSettings, adapters_on_demand
+from server.local_model import OPERATOR_ERRORS, LocalModel
 
 log = logging.getLogger(__name__)
 
@@ -22,25 +22,48 @@ def build_model(config: ModelConfig, settings: ServerSettings, *, backend: str |
 
 
 async def check_model(config: ModelConfig, settings: ServerSettings, *, backend: str | None = None) -> list[str]:
-    """The load path without weights: tokenizer, shapes, every adapter read and validated once. Lines
-    that describe what would be served; raises the first problem."""
-    model = build_model(config, settings, dry_run=True)
+    """The load path without weights: tokenizer, shapes, then every adapter the model would serve (preloaded,
+    configured, and each folder under its adapter roots) read and validated once. Lines that describe what
+    would be served; raises a ConfigError that lists every adapter that cannot be served."""
+    if config.adapters.preload and len(config.adapters.lora_paths) > settings.max_loras_per_model:
+        raise ConfigError(f"model {config.name}: {len(config.adapters.lora_paths)} preloaded adapters exceed "
+                          f"max_loras_per_model ({settings.max_loras_per_model})")
+    model = build_model(adapters_on_demand(config), settings, dry_run=True)
+    infos, problems = {}, []
     try:
         await model.load()
         kind = resolve_backend_kind(backend or config.backend, pick_device(settings.device), config)
         check_fits(kind, model.backend.layout, config)
-        infos = {name: entry.info for name, entry in model.adapters.entries.items()}
-        on_demand = {} if config.adapters.preload else config.adapters.lora_paths
-        for name, source in on_demand.items():
-            infos[name] = await model.adapters.inspect(name, source)
+        for name, source in _servable(config, model.adapters.sources.dynamic.roots).items():
+            try:
+                infos[name] = await model.adapters.inspect(name, source)
+            except OPERATOR_ERRORS as exc:
+                problems.append(str(exc))
     finally:
         await model.stop()
+    if problems:
+        raise ConfigError(f"{config.source_file}: {len(problems)} adapter(s) cannot be served:\n  "
+                          + "\n  ".join(problems))
+    return _describe(config, model, kind, infos)
+
+
+def _servable(config: ModelConfig, roots) -> dict[str, str]:
+    """Every adapter the model would serve by name: `lora_paths`, then each folder under its roots."""
+    named = dict(config.adapters.lora_paths)
+    for root in roots:
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            named.setdefault(folder.name, str(folder))
+    return named
+
+
+def _describe(config: ModelConfig, model: LocalModel, kind: str, infos: dict) -> list[str]:
     layout = model.backend.layout
+    preloaded = config.adapters.preloaded
     token = f" on token id {model.tokenizer.eos_id}" if model.tokenizer.eos_id is not None else ""
     lines = [f"model {config.name} ({kind}): {model.backend.info.description}, "
              f"{'encoder' if layout.encoder else 'decoder'}, {layout.pooling} pooling{token}"]
     for name, info in infos.items():
-        lines.append(f"  adapter {name}{' (on demand)' if name in on_demand else ''}: rank {info.rank}, "
+        lines.append(f"  adapter {name}{'' if name in preloaded else ' (on demand)'}: rank {info.rank}, "
                      f"targets {','.join(info.target_modules)}, {info.nbytes / 1024:.0f} KiB from {info.source}")
     for profile in config.profiles.values():
         lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}")

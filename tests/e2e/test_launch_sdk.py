@@ -155,3 +155,31 @@ def test_check_command_names_broken_cross_references(tmp_path, demo_dirs):
     bad_dims.write_text(f"name: d\nmodel_path: {demo_dirs['model']}\ndims: 16\nmin_dims: 32\n")
     result = launch("check", "--config", str(bad_dims))
     assert result.returncode == 2 and str(bad_dims) in result.stderr and "'min_dims' (32)" in result.stderr
+
+
+def test_check_lists_every_adapter_that_cannot_be_served(tmp_path, demo_dirs):
+    """Broken adapters preloaded and under an adapter root are all named in one run (exit 2); good ones
+    under the root are listed as on demand."""
+    root = tmp_path / "root"
+    for name in ("good", "dora", "noconfig", "pickle"):
+        shutil.copytree(demo_dirs["legal"], root / name)
+    config = (root / "dora" / "adapter_config.json").read_text().replace('"use_dora": false', '"use_dora": true')
+    (root / "dora" / "adapter_config.json").write_text(config)
+    (root / "noconfig" / "adapter_config.json").unlink()
+    (root / "pickle" / "adapter_model.safetensors").rename(root / "pickle" / "adapter_model.bin")
+    (root / "empty").mkdir()
+    shutil.copytree(root / "dora", tmp_path / "shady")
+    yaml_path = tmp_path / "m.yaml"
+    yaml_path.write_text(f"name: m\nmodel_path: {demo_dirs['model']}\nlora_roots: [{root}]\n"
+                         f"adapter_options_loadtime:\n  lora_paths:\n    shady: {tmp_path / 'shady'}\n")
+    result = launch("check", "--config", str(yaml_path))
+    assert result.returncode == 2, result.stdout
+    assert "5 adapter(s) cannot be served" in result.stderr
+    for name in ("shady", "dora", "noconfig", "pickle", "empty"):
+        assert f"adapter '{name}'" in result.stderr, (name, result.stderr)
+    for broken in (root / "dora", root / "noconfig", root / "pickle", root / "empty", tmp_path / "shady"):
+        shutil.rmtree(broken)
+    yaml_path.write_text(f"name: m\nmodel_path: {demo_dirs['model']}\nlora_roots: [{root}]\n")
+    result = launch("check", "--config", str(yaml_path))
+    assert result.returncode == 0, result.stderr
+    assert "adapter good (on demand): rank 8" in result.stdout
