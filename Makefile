@@ -12,17 +12,29 @@ REPLICAS ?= 2
 
 venv: $(STAMP)
 
-# torch first (CPU build from the local wheel cache), so no dependency drags in a CUDA build.
-# Changing this recipe does not rebuild an existing .venv (the stamp follows pyproject.toml only).
+# torch first, so no other package drags in a build of its own: the CPU build unless this machine has an
+# NVIDIA GPU (TORCH_BUILD=cpu|cuda to choose). PyPI's torch is the CUDA build (several GB of nvidia-* wheels),
+# so the CPU build comes from a local wheel when pip's find-links has one, else from PyTorch's CPU index.
 # sie-sdk declares Python 3.12; on 3.11 it works with numpy<2.5 and --ignore-requires-python.
+# Changing this recipe does not rebuild an existing .venv (the stamp follows pyproject.toml only).
+TORCH_VERSION   ?= 2.13.0
+TORCH_BUILD     ?= $(if $(shell command -v nvidia-smi 2>/dev/null),cuda,cpu)
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
-	$(BIN)/pip install -q --ignore-requires-python sie-sdk
+	@echo "== torch $(TORCH_VERSION), $(TORCH_BUILD) build (TORCH_BUILD=cpu|cuda to choose)"
+	if [ "$(TORCH_BUILD)" = cuda ]; then $(BIN)/pip install torch==$(TORCH_VERSION); \
+	elif $(BIN)/pip download -q --no-deps --no-index -d "$$(mktemp -d)" torch==$(TORCH_VERSION) 2>/dev/null; then \
+		$(BIN)/pip install torch==$(TORCH_VERSION); \
+	else $(BIN)/pip install torch==$(TORCH_VERSION) --index-url $(TORCH_CPU_INDEX); fi
+	@echo "== the server and its test tools (pyproject.toml [test])"
+	$(BIN)/pip install -e '.[test]'
+	@echo "== sie-sdk (the SIE Python SDK; it declares Python 3.12)"
+	$(BIN)/pip install --ignore-requires-python sie-sdk
 	# Triton runs the LoRA kernels' tests in its interpreter here; a CUDA torch brings its own Triton.
-	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install -q triton==3.6.0
+	$(BIN)/python -c "import triton" 2>/dev/null || $(BIN)/pip install triton==3.6.0
 	touch $(STAMP)
 
 run: venv
