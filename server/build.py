@@ -25,10 +25,8 @@ async def check_model(config: ModelConfig, settings: ServerSettings, *, backend:
     """The load path without weights: tokenizer, shapes, then every adapter the model would serve (preloaded,
     configured, and each folder under its adapter roots) read and validated once. Lines that describe what
     would be served; raises a ConfigError that lists every adapter that cannot be served."""
-    if config.adapters.preload and len(config.adapters.lora_paths) > settings.max_loras_per_model:
-        raise ConfigError(f"model {config.name}: {len(config.adapters.lora_paths)} preloaded adapters exceed "
-                          f"max_loras_per_model ({settings.max_loras_per_model})")
     model = build_model(adapters_on_demand(config), settings, dry_run=True)
+    model.adapters.check_preload(config.adapters.preloaded)
     infos, problems = {}, []
     try:
         await model.load()

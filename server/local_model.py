@@ -14,6 +14,7 @@ import numpy as np
 from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
+from server.adapters.stats import LOAD_BUCKETS
 from server.backends.base import Backend
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
@@ -145,7 +146,10 @@ class LocalModel:
         return ModelStats(queue_depth=batcher.queue_depth, running_rows=len(batcher.running),
                           resident_adapters=tuple(registry.names()), waiting_adapters=tuple(sorted(waiting - {None})),
                           loads=registry.counters["loads"], load_failures=registry.counters["load_failures"],
-                          evictions=registry.counters["evictions"], max_loras=registry.capacity)
+                          evictions=registry.counters["evictions"], max_loras=registry.capacity,
+                          load_seconds=tuple(zip(LOAD_BUCKETS, registry.load_stats.buckets)),
+                          load_seconds_sum=registry.load_stats.total_s, load_count=registry.load_stats.count,
+                          failures_by_cause=tuple(registry.load_stats.failures.items()))
 
     # -- encoding --------------------------------------------------------------------------------
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
@@ -198,4 +202,5 @@ class LocalModel:
         t3 = time.perf_counter()
         return EncodeResult(vectors=vectors, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
                             tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
-                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3)
+                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
+                            truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut))

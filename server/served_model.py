@@ -33,6 +33,10 @@ class ModelStats:
     load_failures: int
     evictions: int
     max_loras: int
+    load_seconds: tuple[tuple[float, int], ...] = ()  # (upper bound, loads at most that long), cumulative
+    load_seconds_sum: float = 0.0
+    load_count: int = 0
+    failures_by_cause: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,7 @@ class EncodeResult:
     inference_ms: float
     postprocessing_ms: float
     replica: str | None = None  # scale-out: the replica that ran the forward
+    truncated: tuple[int, ...] = ()  # indices of the items cut to max_seq_len tokens
 
 
 BatchObserver = Callable[[BatchShape], None]  # called once per forward batch

@@ -18,6 +18,7 @@ from server import errors
 from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState, Lease
 from server.adapters.loader import AdapterLoader
 from server.adapters.policy import AdapterSources, SourceRefused
+from server.adapters.stats import LoadStats
 from server.backends.base import Backend
 from server.config import ConfigError
 
@@ -39,6 +40,7 @@ class AdapterRegistry:
         self.entries: dict[str, AdapterEntry] = {}
         self._retiring: list[AdapterEntry] = []  # replaced by a reload, their slot freed once their rows finish
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
+        self.load_stats = LoadStats()
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -49,15 +51,18 @@ class AdapterRegistry:
         """Set the source policy and make every preloaded adapter resident (pinned); raises on the first
         adapter that cannot be served. `probe`: token ids for the adapter-effect check (None: weights only)."""
         self.sources, self.configured, self.loader.probe = sources, dict(preload), probe
-        if len(preload) > self.capacity:
-            raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
-                              f"({self.capacity})")
+        self.check_preload(preload)
         for name, source in preload.items():
             entry = AdapterEntry(name, source, pinned=True)
             await self._install(entry)
             entry.settled.set()
             self.entries[name] = entry
             on_loaded(name)
+
+    def check_preload(self, preload: Mapping[str, str]) -> None:
+        if len(preload) > self.capacity:
+            raise ConfigError(f"model {self.model}: {len(preload)} preloaded adapters exceed max_loras_per_model "
+                              f"({self.capacity})")
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -176,10 +181,12 @@ class AdapterRegistry:
             try:
                 await self._make_room(keep=old)
                 await self._install(fresh)
-            except errors.AdapterCapacityFull:
+            except errors.AdapterCapacityFull as exc:
+                self.load_stats.failed(exc)
                 raise
             except Exception as exc:
                 self.counters["load_failures"] += 1
+                self.load_stats.failed(exc)
                 raise errors.AdapterLoadFailed(f"adapter {name!r} was not reloaded, the loaded one keeps serving: "
                                                f"{exc}", field="lora_id") from None
         fresh.last_used = old.last_used
@@ -252,6 +259,7 @@ class AdapterRegistry:
             except Exception as exc:
                 entry.no_room = isinstance(exc, errors.AdapterCapacityFull)
                 self.counters["load_failures"] += not entry.no_room
+                self.load_stats.failed(exc)
                 entry.state, entry.cause, entry.failed_at = AdapterState.FAILED, str(exc), time.monotonic()
                 log.warning("%s: adapter %r failed to load: %s", self.model, entry.name, exc)
             finally:
@@ -262,8 +270,9 @@ class AdapterRegistry:
         return AdapterInfo.of(await self.loader.read(name, source))
 
     async def _install(self, entry: AdapterEntry) -> None:
-        """Read and validate the adapter once, then install it at a free slot."""
+        """Read and validate the adapter once, then install it at a free slot (timed for /metrics)."""
         log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
+        started = time.perf_counter()
         adapter = await self.loader.read(entry.name, entry.source)
         slot = min(set(range(self.capacity)) - self._occupied())
         entry.slot = slot  # reserved while the backend installs, so no other load takes it
@@ -273,6 +282,7 @@ class AdapterRegistry:
             entry.slot = None
             raise
         entry.info, entry.state = AdapterInfo.of(adapter), AdapterState.READY
+        self.load_stats.loaded(time.perf_counter() - started)
 
     async def _remove(self, entry: AdapterEntry) -> None:
         await self.backend.remove(entry.slot)

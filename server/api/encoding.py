@@ -20,6 +20,15 @@ from server.served_model import EncodeResult
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+TRUNCATED_HEADER = "X-Truncated-Items"
+
+
+def result_headers(result: EncodeResult) -> dict[str, str]:
+    """Headers every encode answer carries beyond timing: the replica, and the items cut to max_seq_len."""
+    headers = {"X-Replica-ID": result.replica} if result.replica else {}
+    if result.truncated:
+        headers[TRUNCATED_HEADER] = ",".join(map(str, result.truncated))
+    return headers
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
@@ -58,4 +67,5 @@ async def run_encode(ctx: AppContext, encode: EncodeRequest, request: Request,
         raise inference_error(request_id(request)) from None
     track.items, track.tokens = len(encode.texts), result.input_tokens
     track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
+    track.truncated = len(result.truncated)
     return options, result

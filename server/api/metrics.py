@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from server import errors
 from server.api.errors import ApiError, from_domain
@@ -33,6 +33,7 @@ class RequestTrack:
     tokens: int = 0
     queue_s: float | None = None
     inference_s: float | None = None
+    truncated: int = 0
 
 
 class ModelCollector:
@@ -47,6 +48,10 @@ class ModelCollector:
         loads = CounterMetricFamily("sie_adapter_loads", "Adapter loads started", labels=["model"])
         failures = CounterMetricFamily("sie_adapter_load_failures", "Adapter loads that failed", labels=["model"])
         evictions = CounterMetricFamily("sie_adapter_evictions", "Adapters evicted (LRU)", labels=["model"])
+        by_cause = CounterMetricFamily("sie_adapter_load_failures_by_cause", "Adapter loads that failed, by cause "
+                                       "(no_slot: no free slot, never remembered)", labels=["model", "cause"])
+        load_time = HistogramMetricFamily("sie_adapter_load_seconds", "Time to read, validate and install an "
+                                          "adapter", labels=["model"])
         stats = {name: s for name, model in self.models.items() if (s := model.status().stats) is not None}
         for name, s in stats.items():
             depth.add_metric([name], s.queue_depth)
@@ -54,7 +59,12 @@ class ModelCollector:
             loads.add_metric([name], s.loads)
             failures.add_metric([name], s.load_failures)
             evictions.add_metric([name], s.evictions)
-        yield from (depth, resident, loads, failures, evictions)
+            for cause, count in s.failures_by_cause:
+                by_cause.add_metric([name, cause], count)
+            if s.load_seconds:
+                buckets = [(str(bound), n) for bound, n in s.load_seconds]
+                load_time.add_metric([name], buckets + [("+Inf", s.load_count)], s.load_seconds_sum)
+        yield from (depth, resident, loads, failures, evictions, by_cause, load_time)
         if stats:
             yield from gateway_families(stats)
 
@@ -90,8 +100,10 @@ class Metrics:
         self.requests = Counter("sie_requests", "Requests answered", labels, registry=r)
         self.items = Counter("sie_items", "Items embedded", ["model", "adapter"], registry=r)
         self.tokens = Counter("sie_input_tokens", "Input tokens embedded", ["model", "adapter"], registry=r)
-        self.latency = Histogram("sie_request_seconds", "Request latency", ["api", "model"],
+        self.latency = Histogram("sie_request_seconds", "Request latency", ["api", "model", "adapter"],
                                  buckets=LATENCY_BUCKETS, registry=r)
+        self.truncated = Counter("sie_truncated_items", "Items cut to max_seq_len tokens (overflow_policy "
+                                 "truncate)", ["model", "adapter"], registry=r)
         self.queue = Histogram("sie_queue_seconds", "Time rows waited for a batch", ["model"],
                                buckets=LATENCY_BUCKETS, registry=r)
         self.inference = Histogram("sie_inference_seconds", "Forward time of the batches of a request", ["model"],
@@ -141,9 +153,10 @@ class Metrics:
             model_label = track.model if track.model in self.models else "other"
             adapter = self.adapter_label(track.model, track.adapter)
             self.requests.labels(api, model_label, adapter, str(status)).inc()
-            self.latency.labels(api, model_label).observe(time.perf_counter() - started)
+            self.latency.labels(api, model_label, adapter).observe(time.perf_counter() - started)
             if status == 200:
                 self.items.labels(model_label, adapter).inc(track.items)
+                self.truncated.labels(model_label, adapter).inc(track.truncated)
                 self.tokens.labels(model_label, adapter).inc(track.tokens)
                 if track.queue_s is not None:
                     self.queue.labels(model_label).observe(track.queue_s)

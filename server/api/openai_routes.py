@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from server import errors
 from server.api.context import context, request_body
-from server.api.encoding import run_encode
+from server.api.encoding import result_headers, run_encode
 from server.api.errors import ApiError, from_domain, invalid_input
 from server.api.model_ids import parse_model_id
 from server.api.model_info import openai_entries
@@ -65,5 +65,4 @@ async def embeddings(request: Request) -> Response:
     payload = {"object": "list", "model": parsed.model,
                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(values)],
                "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens}}
-    return Response(dump_json(payload), media_type="application/json",
-                    headers={"X-Replica-ID": result.replica} if result.replica else None)
+    return Response(dump_json(payload), media_type="application/json", headers=result_headers(result))

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from server.api.context import context, request_body
-from server.api.encoding import run_encode
+from server.api.encoding import result_headers, run_encode
 from server.api.model_ids import listed_model_id, parse_model_id
 from server.api.model_info import model_entries, openai_entries, selected_info
 from server.api.openapi import ENCODE_OPENAPI
@@ -53,9 +53,7 @@ async def encode(model: str, request: Request) -> Response:
                           "tokenization_ms": result.tokenization_ms, "inference_ms": result.inference_ms,
                           "postprocessing_ms": result.postprocessing_ms}}
     headers = {"X-Queue-Time": f"{result.queue_ms:.2f}", "X-Inference-Time": f"{result.inference_ms:.2f}",
-               "X-Total-Time": f"{total_ms:.2f}"}
-    if result.replica:
-        headers["X-Replica-ID"] = result.replica
+               "X-Total-Time": f"{total_ms:.2f}", **result_headers(result)}
     if wants_json(request.headers.get("accept")):
         return Response(dump_json(payload), media_type="application/json", headers=headers)
     return Response(pack(payload), media_type=MSGPACK, headers=headers)

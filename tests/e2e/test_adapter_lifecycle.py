@@ -108,6 +108,8 @@ def test_a_full_pool_is_503_and_not_remembered(demo_config, root):
         assert full.status_code == 503 and full.json()["detail"]["code"] == "QUEUE_FULL", full.text
         assert full.headers["Retry-After"] and "pinned" in full.json()["detail"]["message"]
         assert served.adapters.counters["load_failures"] == 0
+        metrics = httpx.get(live.url + "/metrics").text
+        assert f'sie_adapter_load_failures_by_cause_total{{cause="no_slot",model="{DEMO_MODEL}"}} 1.0' in metrics
         assert httpx.delete(f"{live.url}{LORAS}/finance", params={"force": "true"}).status_code == 200
         time.sleep(1.1)
         assert past_loading(live.url, "retail").status_code == 200
