@@ -13,7 +13,9 @@ import sys
 
 from server.config import (
     SETTINGS_FIELDS,
+    SETTINGS_HELP,
     ConfigError,
+    HelpFormatter,
     ServerSettings,
     adapters_on_demand,
     load_model_config,
@@ -26,15 +28,17 @@ log = logging.getLogger("launch")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server")
+    parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server",
+                                     formatter_class=HelpFormatter)
     parser.add_argument("command", nargs="?", choices=["serve", "check", "train", "eval"], default="serve",
                         help="train / eval take their own options: launch.py train --help")
     parser.add_argument("--config", action="append", required=True, help="model YAML (repeat for several models)")
     parser.add_argument("--engine-config", help="engine.yaml with server-wide settings")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     parser.add_argument("--backend", choices=["auto", "torch", "sglang"], help="override each model's 'adapter'")
-    parser.add_argument("--log-level", default=os.environ.get("SIE_LOG_LEVEL", "info"))
+    parser.add_argument("--log-level", default=os.environ.get("SIE_LOG_LEVEL", "info"),
+                        help="debug, info, warning or error ($SIE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SIE_LOG_FORMAT", "text"),
                         help="json: one JSON object per log line (access lines carry request_id)")
     scale = parser.add_argument_group("scale-out (Ray Serve; pip install -e '.[ray]')")
@@ -43,8 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     scale.add_argument("--replica-gpus", type=float, help="GPUs per encoder replica (default: 1 on CUDA, else 0)")
     scale.add_argument("--replica-metrics-port", type=int, default=0,
                        help="each replica's own /metrics: first free port from here (0: any free port)")
-    for name in SETTINGS_FIELDS:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None)
+    settings = parser.add_argument_group("server-wide settings (defaults < --engine-config < SIE_<KEY> < these)")
+    for name, setting in SETTINGS_FIELDS.items():
+        default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
+        settings.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=name.upper(),
+                              help=f"{SETTINGS_HELP[name]} (default: {default}; SIE_{name.upper()})")
     return parser
 
 

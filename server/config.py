@@ -6,6 +6,7 @@ defaults < engine.yaml < environment (SIE_<KEY>) < CLI flags.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -268,6 +269,38 @@ class ServerSettings:
 
 
 SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """--help shows each flag's default, unless it has none or its text already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+
+SETTINGS_HELP = {
+    "max_loras_per_model": "adapters resident per model at once (the backend's adapter slots)",
+    "max_batch_tokens": "padded tokens per forward batch",
+    "max_batch_wait_ms": "how long a batch waits for more rows once the backend is free",
+    "max_batch_padding": "largest share of a batch's tokens that may be padding (1: no limit)",
+    "max_queue_items": "rows waiting for a batch past which requests get 503 QUEUE_FULL",
+    "max_queue_tokens": "tokens waiting for a batch past which requests get 503 QUEUE_FULL",
+    "max_items_per_request": "items one request may carry",
+    "max_body_bytes": "largest request body (413 past it)",
+    "api_keys": "comma-separated keys; every route but auth_exempt_paths then needs Authorization: Bearer",
+    "auth_exempt_paths": "comma-separated paths open without a key",
+    "device": "auto, cpu, cuda or cuda:N",
+    "lora_roots": "comma-separated folders whose subfolders may be loaded on first use (every model)",
+    "lora_allow": "comma-separated hub id globs that may be loaded on first use (every model)",
+    "lora_failure_ttl_s": "seconds a failed adapter load is remembered",
+    "allow_noop_adapters": "serve adapters that change no vector",
+    "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
+}
 
 
 def _boolean(value: Any) -> bool:

@@ -1,6 +1,7 @@
 """Logging set-up (text or JSON lines) and start-up progress: a bar on a terminal, log lines otherwise.
 In JSON mode every line on stderr is one JSON object: no progress bars (ours or the Hugging Face
-libraries'), warnings and the transformers logger go through the same handler, colour codes are dropped."""
+libraries'), warnings and the transformers logger go through the same handler, colour codes are dropped.
+Text logs that are not a terminal carry no progress-bar frames either."""
 
 from __future__ import annotations
 
@@ -40,6 +41,9 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     if fmt == "json":
         _json_only()
+    elif not sys.stderr.isatty():  # a log file or a collector: no progress-bar frames in it
+        os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
 
 
 def _json_only() -> None:

@@ -9,29 +9,31 @@ import os
 from pathlib import Path
 
 from server.adapt.pairs import read_corpus, read_pairs
-from server.config import load_model_config
+from server.config import HelpFormatter, load_model_config
 
 log = logging.getLogger("launch")
 
 
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py train", description="Train a PEFT LoRA adapter for an embedder "
+    parser = argparse.ArgumentParser(prog="launch.py train", formatter_class=HelpFormatter,
+                                     description="Train a PEFT LoRA adapter for an embedder "
                                      "from JSONL pairs {query, positive[, negative]} (in-batch negatives)")
     parser.add_argument("--config", required=True, help="the model YAML the adapter is for")
     parser.add_argument("--pairs", required=True, help="JSONL training pairs")
     parser.add_argument("--out", required=True, help="adapter folder to write (under an adapter root to hot-load)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--alpha", type=float, default=32.0)
+    parser.add_argument("--rank", type=int, default=16, help="LoRA rank r")
+    parser.add_argument("--alpha", type=float, default=32.0, help="LoRA alpha (the update is scaled by alpha/r)")
     parser.add_argument("--targets", help="comma-separated linear names (default: the config's "
                                           "lora_target_modules, else every linear)")
-    parser.add_argument("--temperature", type=float, default=0.05)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=0.05, help="InfoNCE softmax temperature")
+    parser.add_argument("--epochs", type=int, default=1, help="passes over the pairs")
     parser.add_argument("--steps", type=int, help="optimiser steps (overrides --epochs)")
-    parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=2e-4)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--warmup", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, default=2e-4,
+                        help="AdamW learning rate")
+    parser.add_argument("--batch-size", type=int, default=32, help="pairs per step (the in-batch negatives)")
+    parser.add_argument("--warmup", type=float, default=0.1, help="share of the steps with a linear warm-up")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the batch order")
     parser.add_argument("--max-seq-len", type=int, help="token limit while training (default: the model's)")
     parser.add_argument("--instruction", help="query instruction (default: the model's default_instruction)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -39,9 +41,10 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py eval", description="Retrieval metrics (recall@1/5/10, "
+    parser = argparse.ArgumentParser(prog="launch.py eval", formatter_class=HelpFormatter,
+                                     description="Retrieval metrics (recall@1/5/10, "
                                      "MRR@10, NDCG@10) of the base model and adapters, through a running server")
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default="http://127.0.0.1:8080", help="the running server")
     parser.add_argument("--model", required=True, help="served model name")
     parser.add_argument("--pairs", required=True, help="JSONL test pairs: each query's positive is its answer")
     parser.add_argument("--corpus", help="JSONL {text} documents ranked besides the positives")
@@ -49,7 +52,8 @@ def eval_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instruction", help="query instruction (default: the model's)")
     parser.add_argument("--out", default="benchmarks/out/eval", help="folder for <name>.json and <name>.png")
     parser.add_argument("--name", default="eval", help="file name of the report")
-    parser.add_argument("--api-key", default=os.environ.get("SIE_API_KEY"))
+    parser.add_argument("--api-key", default=os.environ.get("SIE_API_KEY"),
+                        help="sent as Authorization: Bearer (default: $SIE_API_KEY)")
     return parser
 
 
