@@ -1,7 +1,8 @@
 """Offline demo assets: a tiny random-weight Qwen3 encoder, the real Qwen3 tokenizer and PEFT adapters.
 
 Sources written `builtin:qwen3-tiny` (the model) or `builtin:qwen3-tiny/<adapter>` are built on first
-use with fixed seeds and cached under `$MLE_CACHE_DIR` (default `./.cache`), so no hub is ever needed.
+use with fixed seeds and cached under `cache_dir()` (`$MLE_CACHE_DIR`, else the checkout's `.cache`), so
+no hub is ever needed.
 """
 
 from __future__ import annotations
@@ -36,8 +37,15 @@ TINY_SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
 
 
 def cache_dir() -> Path:
-    """Where built and extracted assets live: `$MLE_CACHE_DIR` (default `./.cache`)."""
-    return Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve()
+    """Where built and extracted assets live, the same from any working directory: `$MLE_CACHE_DIR`, else
+    `.cache` in the checkout the server runs from, else (installed) the user's cache folder."""
+    chosen = os.environ.get("MLE_CACHE_DIR")
+    if chosen:
+        return Path(chosen).expanduser().resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "launch.py").is_file() and (checkout / "pyproject.toml").is_file():
+        return checkout / ".cache"
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser().resolve() / "multilora-embed"
 
 
 def cache_root() -> Path:
@@ -64,6 +72,24 @@ def _build_lock(root: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def umask() -> int:
+    """The process' umask, read without changing it (Linux), else by setting and restoring it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def follow_umask(folder: Path) -> None:
+    """A staging folder from mkdtemp is 0700; once finished it gets the mode any new folder gets here."""
+    folder.chmod(0o777 & ~umask())
+
+
 def build_atomically(target: Path, build) -> Path:
     if target.is_dir():
         return target
@@ -73,6 +99,7 @@ def build_atomically(target: Path, build) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             build(staging)
+            follow_umask(staging)
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from server.adapt.pairs import Pair
 from server.backends.hf_model import load_encoder, pad_rows, pooled_forward
 from server.config import ConfigError, ModelConfig
+from server.demo_assets import follow_umask
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 from server.tokenization import TextTokenizer, load_tokenizer
@@ -183,7 +184,7 @@ def save_adapter(model, config: ModelConfig, settings: TrainSettings, losses: li
         record = {"model": config.name, "pairs": pair_count, "losses": losses,
                   "settings": dataclasses.asdict(settings)}
         (staging / "training.json").write_text(json.dumps(record, indent=2))
-        os.chmod(staging, 0o755)
+        follow_umask(staging)
         if out.exists():
             shutil.rmtree(out)
         os.replace(staging, out)

@@ -27,6 +27,7 @@ from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
 from server.config import ModelConfig, ServerSettings
+from server.demo_assets import cache_dir
 from server.lora.peft_format import AdapterError, LoraAdapter, read_adapter_config
 from server.model_layout import read_layout
 from server.sources import resolve_source
@@ -75,7 +76,7 @@ class SGLangBackend(Backend):
         self._keys: dict[int, str] = {}  # slot -> the name SGLang holds the adapter under
         self._children: list = []
         self._loop_ready = False
-        self._cache = Path(os.environ.get("MLE_CACHE_DIR", ".cache")).resolve() / "sglang-adapters"
+        self._cache = cache_dir() / "sglang-adapters"
 
     @property
     def info(self) -> BackendInfo:

@@ -10,6 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
+from server.demo_assets import cache_dir
 from server.scaleout.spec import ScaleoutSpec
 
 log = logging.getLogger("launch")
@@ -18,7 +19,8 @@ log = logging.getLogger("launch")
 def prepare_environment(env: dict[str, str]) -> None:
     """What Ray's processes inherit: an absolute asset cache (workers may run elsewhere than the launcher's
     folder) and Serve's default proxy, because the HAProxy mode ignores the multiplexed-model-id header."""
-    env["MLE_CACHE_DIR"] = str(Path(env.get("MLE_CACHE_DIR", ".cache")).absolute())
+    chosen = env.get("MLE_CACHE_DIR")
+    env["MLE_CACHE_DIR"] = str(Path(chosen).expanduser().absolute()) if chosen else str(cache_dir())
     if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         log.warning("RAY_SERVE_ENABLE_HA_PROXY=1 ignored: its proxy drops the multiplexed-model-id routing key")
     env["RAY_SERVE_ENABLE_HA_PROXY"] = "0"
