@@ -74,8 +74,14 @@ class TorchBackend(Backend):
         self._plan = SegmentPlan(zero_slot=slots)
         self._layers = wrap_linears(model, linears, self._plan, slots=slots,
                                     max_rank=self.config.adapters.max_lora_rank)
+        pool, weights = pool_bytes(self._layers), sum(p.numel() * p.element_size() for p in model.parameters())
         log.info("%s: adapter pool of %d slots up to rank %d: %.1f MiB", self.config.name, slots,
-                 self.config.adapters.max_lora_rank, pool_bytes(self._layers) / 2**20)
+                 self.config.adapters.max_lora_rank, pool / 2**20)
+        if pool > weights:
+            log.warning("%s: the adapter pool (%.1f MiB) is larger than the model's own weights (%.1f MiB): set "
+                        "max_lora_rank to the largest rank served and lora_target_modules to the linears the "
+                        "adapters train, or lower max_loras_per_model", self.config.name, pool / 2**20,
+                        weights / 2**20)
         self.model = model
         self._causal_mask = None if self.layout.encoder else prepared_causal_mask(model)
         engine = self._engine or choose_engine(self.config, self.device, self.layout)

@@ -95,3 +95,12 @@ def test_compiled_forward_matches_peft_and_sees_later_adapters(demo_config, peft
         check_against_peft(model, peft_reference)
     finally:
         asyncio.run(model.stop())
+
+
+def test_an_adapter_pool_larger_than_the_model_is_warned_about(demo_config, caplog):
+    big = dataclasses.replace(demo_config, adapters=dataclasses.replace(demo_config.adapters, max_lora_rank=2048,
+                                                                        lora_paths={}), profiles={})
+    with caplog.at_level("WARNING"):
+        model = load_with(big)
+    asyncio.run(model.stop())
+    assert any("larger than the model's own weights" in r.getMessage() for r in caplog.records)
