@@ -149,4 +149,11 @@ def serve(args: argparse.Namespace, settings: ServerSettings, models) -> int:
                             access_log=False, log_config=None, timeout_graceful_shutdown=5)
     server = DrainingServer(config, app.state.context.lifecycle, settings.shutdown_grace_s)
     server.run()
-    return _error(server.fatal) if server.fatal else 0
+    code = _error(server.fatal) if server.fatal else 0
+    if any(getattr(model, "abandoned", False) for model in served.values()):
+        # A load cut short leaves its worker (a conversion, a checkpoint read) running: end now rather than
+        # let interpreter shutdown wait on, or tear down, a thread inside torch; a start cleans its temp folders.
+        log.warning("exiting with a model load abandoned")
+        logging.shutdown()
+        os._exit(code)
+    return code

@@ -96,6 +96,8 @@ def build_atomically(target: Path, build) -> Path:
     with _build_lock(target.parent):
         if target.is_dir():
             return target
+        for stale in target.parent.glob(f".{target.name}-*"):  # left by a build that was killed (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             build(staging)

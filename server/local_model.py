@@ -24,6 +24,7 @@ from server.options import EncodeOptions, check_dims
 from server.postprocess import finish
 from server.served_model import BatchObserver, EncodeResult, ModelState, ModelStats, ModelStatus
 from server.sources import SourceError, resolve_source
+from server.threads import DaemonExecutor
 from server.tokenization import TextTokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ class LocalModel:
                                         allow_noop=settings.allow_noop_adapters)
         self.admin = self.adapters
         self._loading: asyncio.Future | None = None
+        self._loader = DaemonExecutor(f"load-{config.name}")  # a stop during loading abandons, never waits
+        self.phase: str | None = None  # what loading is doing now (logged if a stop interrupts it)
+        self.abandoned = False  # stopped before loading finished: its worker threads are left to the exit
 
     @property
     def name(self) -> str:
@@ -67,27 +71,33 @@ class LocalModel:
         """Tokenizer, base model, then every preloaded adapter (each read once); raises on a problem."""
         config = self.config
         preload = config.adapters.preloaded
+        loop = asyncio.get_running_loop()
         with startup_progress(f"loading {self.name}", 2 + len(preload), log) as progress:
-            self.tokenizer = await asyncio.to_thread(load_tokenizer, config)
+            self.phase = "loading the tokenizer"
+            self.tokenizer = await loop.run_in_executor(self._loader, load_tokenizer, config)
+            self.phase = "loading the base model"
             await self.backend.start(slots=self.adapters.capacity)
             hidden = self.backend.info.hidden_size
             if config.dims is not None and config.dims > hidden:
                 raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "
                                   f"size {hidden}")
             progress.step("base model")
-            roots = await asyncio.to_thread(lambda: tuple(
+            self.phase = "finding the adapter roots"
+            roots = await loop.run_in_executor(self._loader, lambda: tuple(
                 resolve_source(root, kind="adapter root") for root in config.lora_roots + self.settings.lora_roots))
             sources = AdapterSources(
                 catalog={} if config.adapters.preload else dict(config.adapters.lora_paths),
                 dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
             probe = self.tokenizer.tokenize([EFFECT_PROBE]).input_ids[0] if self.backend.info.embeds else None
+            self.phase = "loading the preloaded adapters"
             await self.adapters.open(sources=sources, preload=preload, probe=probe,
                                      on_loaded=lambda name: progress.step(f"adapter {name}"))
             self._check_profiles()
             self._report_roots(roots)
+            self.phase = "warming up (compiling, capturing CUDA graphs)"
             await self.backend.warm_up()
             progress.step("warm-up")
-        self.state = ModelState.READY
+        self.state, self.phase = ModelState.READY, None
 
     def _report_roots(self, roots) -> None:
         """Say where hot-loadable adapters live, so an operator can find (and add to) them."""
@@ -127,6 +137,10 @@ class LocalModel:
         return self._loading
 
     async def stop(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self.abandoned = True
+            log.warning("%s: stopping while %s; the load is abandoned", self.name, self.phase or "loading")
+        self._loader.shutdown(wait=False, cancel_futures=True)
         await self.adapters.close()
         await self.batcher.stop()
         if self._loading is not None:

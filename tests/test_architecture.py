@@ -13,7 +13,8 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources",
-                    "server.demo_assets", "server.model_layout", "server.packaged", "server.public_paths"]),
+                    "server.demo_assets", "server.model_layout", "server.packaged", "server.public_paths",
+                    "server.threads"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),

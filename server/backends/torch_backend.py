@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -34,8 +33,10 @@ from server.lora.peft_format import LoraAdapter
 from server.lora.plan import SegmentPlan, plan_segments, static_width
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
+from server.threads import DaemonExecutor
 
 log = logging.getLogger(__name__)
+CLOSE_WAIT_S = 3.0  # how long close waits for the worker's current job (a forward; a load is abandoned)
 
 
 class TorchBackend(Backend):
@@ -46,7 +47,8 @@ class TorchBackend(Backend):
         if dtype != model.dtype:
             log.info("%s: torch backend on CPU runs float32 (config asks %s)", model.name, model.dtype)
         self.dtype = DTYPES[dtype]
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"forward-{model.name}")
+        # One daemon worker: loads, installs and forwards in order; a load still running at exit is abandoned.
+        self._executor = DaemonExecutor(f"forward-{model.name}")
         self._plan = SegmentPlan(zero_slot=0)
         self._engine = engine  # None: chosen from the config and device at load
         self._static: StaticForward | None = None
@@ -80,7 +82,7 @@ class TorchBackend(Backend):
         if pool > weights:
             log.warning("%s: the adapter pool (%.1f MiB) is larger than the model's own weights (%.1f MiB): set "
                         "max_lora_rank to the largest rank served and lora_target_modules to the linears the "
-                        "adapters train, or lower max_loras_per_model", self.config.name, pool / 2**20,
+                        "adapters train, or keep fewer adapters resident", self.config.name, pool / 2**20,
                         weights / 2**20)
         self.model = model
         self._causal_mask = None if self.layout.encoder else prepared_causal_mask(model)
@@ -107,7 +109,10 @@ class TorchBackend(Backend):
         log.info("%s: Triton LoRA kernels over %d groups of linears", self.config.name, len(groups))
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
+        running = self._executor.running
+        done = await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True, timeout=CLOSE_WAIT_S)
+        if not done:
+            log.warning("%s: %s still running after %.0f s; abandoned", self.config.name, running, CLOSE_WAIT_S)
         self.model = None
 
     async def warm_up(self) -> None:

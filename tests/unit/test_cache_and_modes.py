@@ -35,3 +35,11 @@ def test_built_folders_follow_the_umask(tmp_path):
         os.umask(previous)
     assert stat.S_IMODE(built.stat().st_mode) == 0o750
     assert stat.S_IMODE((built / "weights.bin").stat().st_mode) == 0o640
+
+
+def test_a_build_removes_what_a_killed_build_left(tmp_path):
+    stale = tmp_path / ".asset-k1ll3d"
+    stale.mkdir()
+    (stale / "half.bin").write_bytes(b"x")
+    build_atomically(tmp_path / "asset", lambda out: (out / "whole.bin").write_bytes(b"x"))
+    assert not stale.exists() and (tmp_path / "asset" / "whole.bin").is_file()
