@@ -6,10 +6,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from pathlib import Path
 
 from server.adapt.pairs import read_corpus, read_pairs
-from server.config import HelpFormatter, load_model_config
+from server.config import ConfigError, HelpFormatter, load_model_config
 
 log = logging.getLogger("launch")
 
@@ -37,6 +38,10 @@ def train_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-seq-len", type=int, help="token limit while training (default: the model's)")
     parser.add_argument("--instruction", help="query instruction (default: the model's default_instruction)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    held = parser.add_mutually_exclusive_group()
+    held.add_argument("--validation", help="JSONL pairs whose loss is reported while training (not trained on)")
+    held.add_argument("--validation-split", type=float, default=0.0,
+                      help="share of --pairs held out (seeded) and reported as validation loss")
     return parser
 
 
@@ -61,6 +66,7 @@ def run_train(argv: list[str]) -> int:
     import torch
 
     from server.adapt.train import TrainSettings, log_progress, train_adapter
+    from server.adapt.validation import split
 
     args = train_parser().parse_args(argv)
     out = Path(args.out)
@@ -74,23 +80,31 @@ def run_train(argv: list[str]) -> int:
         targets=tuple(t.strip() for t in args.targets.split(",")) if args.targets else None,
         learning_rate=args.learning_rate, batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
         max_seq_len=args.max_seq_len, instruction=args.instruction)
-    pairs = read_pairs(args.pairs)
+    if not 0 <= args.validation_split < 0.9:
+        raise ConfigError(f"--validation-split {args.validation_split} must be in [0, 0.9)")
+    pairs, held_out = split(read_pairs(args.pairs), args.validation_split, args.seed)
+    if args.validation:
+        held_out = read_pairs(args.validation)
     log.info("training %s adapter on %d pairs from %s", config.name, len(pairs), args.pairs)
-    losses = train_adapter(config, pairs, settings, out, on_step=log_progress)
+    losses = train_adapter(config, pairs, settings, out, on_step=log_progress, validation=held_out)
     log.info("wrote %s (loss %.4f -> %.4f)", out, losses[0], losses[-1])
     print(out, flush=True)
     return 0
 
 
 def run_eval(argv: list[str]) -> int:
-    from server.adapt.evaluate import EvalTask, corpus_of, evaluate, markdown_table, write_report
+    from server.adapt.evaluate import EvalRefused, EvalTask, corpus_of, evaluate, markdown_table, write_report
 
     args = eval_parser().parse_args(argv)
     pairs = read_pairs(args.pairs)
     corpus = corpus_of(pairs, read_corpus(args.corpus) if args.corpus else ())
     task = EvalTask(url=args.url, model=args.model, pairs=pairs, corpus=corpus, adapters=args.adapter,
                     instruction=args.instruction, api_key=args.api_key)
-    report = evaluate(task)
+    try:
+        report = evaluate(task)
+    except EvalRefused as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        return 2
     json_path, png_path = write_report(report, Path(args.out), args.name)
     print(markdown_table(report), flush=True)
     log.info("wrote %s and %s", json_path, png_path)

@@ -5,6 +5,7 @@ once per adapter (`lora_id`); each query's relevant document is its pair's posit
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,15 @@ from server.adapt.metrics import rank_documents, retrieval_metrics
 from server.adapt.pairs import Pair
 
 BASE = "base"
+PROBE_TIMEOUT_S = 5.0
+DEPTH = 10  # the deepest cut the metrics read (recall@10, MRR@10, NDCG@10)
+FEW_DOCUMENTS = 50
+log = logging.getLogger(__name__)
+
+
+class EvalRefused(Exception):
+    """The evaluation cannot mean anything or cannot run: no server, an unknown model or adapter, a corpus
+    too small to rank. The message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -48,10 +58,43 @@ def encode_all(client, task: EvalTask, texts: Sequence[str], *, is_query: bool, 
     return np.stack(vectors)
 
 
+def preflight(task: EvalTask) -> None:
+    """Fail in seconds, before any encoding: the corpus must be rankable, the server must answer and
+    serve the model."""
+    import httpx
+
+    if len(task.corpus) <= DEPTH:
+        raise EvalRefused(f"the corpus has {len(task.corpus)} documents: with {DEPTH} or fewer, recall@{DEPTH} is 1.0 "
+                          "for any model; give --corpus with the documents the queries should be found among")
+    if len(task.corpus) < FEW_DOCUMENTS:
+        log.warning("only %d documents to rank: the metrics will be coarse (give --corpus)", len(task.corpus))
+    headers = {"Authorization": f"Bearer {task.api_key}"} if task.api_key else {}
+    try:
+        answer = httpx.get(f"{task.url}/v1/models/{task.model}", headers=headers, timeout=PROBE_TIMEOUT_S)
+    except httpx.HTTPError as exc:
+        raise EvalRefused(f"no server answers at {task.url} ({type(exc).__name__}); start one "
+                          "(launch.py --config <model yaml>) or pass --url") from None
+    if answer.status_code != 200:
+        raise EvalRefused(f"{task.url} cannot evaluate {task.model!r}: {answer.status_code} {answer.text[:300]}")
+
+
+def check_adapters(client, task: EvalTask) -> None:
+    """One short item per adapter first (the SDK waits out a hot-load), so an unknown name fails now."""
+    from sie_sdk.client.errors import RequestError
+    from sie_sdk.types import Item
+
+    for adapter in task.adapters:
+        try:
+            client.encode(task.model, Item(text="adapter check"), options={"lora_id": adapter})
+        except RequestError as exc:
+            raise EvalRefused(f"adapter {adapter!r}: {exc}") from None
+
+
 def evaluate(task: EvalTask) -> dict:
     """{"model", "queries", "documents", "results": {variant: metrics}, "seconds": {variant: s}}."""
     from sie_sdk import SIEClient
 
+    preflight(task)
     ids = [str(i) for i in range(len(task.corpus))]
     index = {text: doc_id for doc_id, text in zip(ids, task.corpus)}
     missing = [p.positive for p in task.pairs if p.positive not in index]
@@ -61,6 +104,7 @@ def evaluate(task: EvalTask) -> dict:
     queries = [p.query for p in task.pairs]
     results, seconds = {}, {}
     with SIEClient(task.url, api_key=task.api_key, timeout_s=600) as client:
+        check_adapters(client, task)
         for adapter in [None, *task.adapters]:
             started = time.perf_counter()
             documents = encode_all(client, task, task.corpus, is_query=False, adapter=adapter)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from server.adapt.pairs import Pair
+from server.adapt.validation import base_model_identity, plan_warnings, validation_loss
 from server.backends.hf_model import load_encoder, pad_rows, pooled_forward
 from server.config import ConfigError, ModelConfig
 from server.demo_assets import follow_umask
@@ -138,14 +139,24 @@ def prepare(config: ModelConfig, settings: TrainSettings) -> Embedder:
         model = get_peft_model(base, lora)
     except ValueError as exc:  # PEFT: no module matched the targets
         raise ConfigError(f"training settings: targets {targets}: {exc}") from None
-    return Embedder(model, tokenizer, layout, config, settings)
+    embed = Embedder(model, tokenizer, layout, config, settings)
+    embed.folder = folder
+    return embed
 
 
 def train_adapter(config: ModelConfig, pairs: Sequence[Pair], settings: TrainSettings, out: Path, *,
-                  on_step: Callable[[StepReport], None] = lambda report: None) -> list[float]:
-    """Train, then write the PEFT folder `out` atomically; returns the loss of every step."""
+                  on_step: Callable[[StepReport], None] = lambda report: None,
+                  validation: Sequence[Pair] = ()) -> list[float]:
+    """Train, then write the PEFT folder `out` atomically; returns the loss of every step. With `validation`
+    pairs, their loss is logged five times along the way and at the end, and kept in training.json."""
+    started_at = time.perf_counter()
     embed = prepare(config, settings)
     plan = batches(pairs, settings)
+    notes = plan_warnings(len(pairs), settings.batch_size, len(plan), fixed_steps=settings.steps is not None)
+    for note in notes:
+        log.warning("%s", note)
+    checked: list[dict] = []
+    every = max(1, len(plan) // 5)
     params = [p for p in embed.model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=settings.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, _schedule(len(plan), settings.warmup))
@@ -165,14 +176,23 @@ def train_adapter(config: ModelConfig, pairs: Sequence[Pair], settings: TrainSet
         scheduler.step()
         losses.append(loss.item())
         on_step(StepReport(step, len(plan), loss.item(), time.perf_counter() - started))
-    save_adapter(embed.model, config, settings, losses, len(pairs), out)
+        if validation and (step % every == 0 or step == len(plan)):
+            checked.append({"step": step, "loss": validation_loss(embed, validation, settings.batch_size,
+                                                                  settings.temperature, info_nce)})
+            log.info("step %d/%d  validation loss %.4f (%d held-out pairs)", step, len(plan), checked[-1]["loss"],
+                     len(validation))
+    record = {"base_model": base_model_identity(config, embed.folder), "pairs": len(pairs),
+              "validation_pairs": len(validation), "steps": len(plan), "losses": losses, "validation": checked,
+              "warnings": notes, "wall_seconds": round(time.perf_counter() - started_at, 1),
+              "settings": dataclasses.asdict(settings)}
+    save_adapter(embed.model, config, record, out)
     return losses
 
 
-def save_adapter(model, config: ModelConfig, settings: TrainSettings, losses: list[float], pair_count: int,
-                 out: Path) -> None:
-    """The PEFT folder plus `training.json` (settings and losses), swapped in whole so that a server
-    loading from the same folder never reads half an adapter."""
+def save_adapter(model, config: ModelConfig, record: dict, out: Path) -> None:
+    """The PEFT folder plus `training.json` (`record`), swapped in whole so that a server loading from the
+    same folder never reads half an adapter. No path of this machine is written: the base model is named as
+    served, in adapter_config.json and in the model card."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
@@ -181,9 +201,11 @@ def save_adapter(model, config: ModelConfig, settings: TrainSettings, losses: li
         adapter_config = json.loads((staging / "adapter_config.json").read_text())
         adapter_config["base_model_name_or_path"] = config.name
         (staging / "adapter_config.json").write_text(json.dumps(adapter_config, indent=2))
-        record = {"model": config.name, "pairs": pair_count, "losses": losses,
-                  "settings": dataclasses.asdict(settings)}
-        (staging / "training.json").write_text(json.dumps(record, indent=2))
+        card = staging / "README.md"
+        loaded_from = next(iter(model.peft_config.values())).base_model_name_or_path
+        if card.is_file() and loaded_from:  # PEFT's model card names the base model by its folder here
+            card.write_text(card.read_text().replace(str(loaded_from), config.name))
+        (staging / "training.json").write_text(json.dumps({"model": config.name, **record}, indent=2))
         follow_umask(staging)
         if out.exists():
             shutil.rmtree(out)

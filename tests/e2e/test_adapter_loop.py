@@ -69,3 +69,25 @@ def test_train_refuses_to_overwrite_and_names_bad_input(loop, capsys):
     assert main(["train", "--config", str(DEMO_YAML), "--pairs", str(loop / "pairs.jsonl"),
                  "--out", str(loop / "new"), "--batch-size", "1"]) == 2
     assert "batch size must be >= 2" in capsys.readouterr().err
+
+
+def test_eval_refuses_what_cannot_mean_anything(loop, demo_server, capsys):
+    """No server: a clear line at once, not a 15-minute retry loop; a corpus of 10 or fewer documents
+    (recall@10 would be 1.0 for any model); an adapter the server does not have, named before any encoding."""
+    from tests.conftest import free_port
+
+    pairs = str(loop / "pairs.jsonl")
+    nobody = f"http://127.0.0.1:{free_port()}"
+    assert main(["eval", "--url", nobody, "--model", DEMO_MODEL, "--pairs", pairs, "--out", str(loop / "r")]) == 2
+    assert "no server answers at" in capsys.readouterr().err
+    write_jsonl(loop / "few.jsonl", pair_records(PAIRS[:6]))
+    assert main(["eval", "--url", demo_server.url, "--model", DEMO_MODEL, "--pairs", str(loop / "few.jsonl"),
+                 "--out", str(loop / "r")]) == 2
+    assert "recall@10 is 1.0 for any model" in capsys.readouterr().err
+    assert main(["eval", "--url", demo_server.url, "--model", "no/such-model", "--pairs", pairs,
+                 "--out", str(loop / "r")]) == 2
+    assert "MODEL_NOT_FOUND" in capsys.readouterr().err
+    assert main(["eval", "--url", demo_server.url, "--model", DEMO_MODEL, "--pairs", pairs, "--adapter", "nope",
+                 "--out", str(loop / "r")]) == 2
+    assert "adapter 'nope'" in capsys.readouterr().err
+    assert not (loop / "r").exists()
