@@ -41,3 +41,20 @@ def test_latency_per_adapter_and_adapter_load_series(demo_server):
     assert f'sie_adapter_load_seconds_bucket{{le="+Inf",model="{DEMO_MODEL}"}}' in metrics
     for cause in ("invalid_adapter", "no_effect", "source", "no_slot", "other"):
         assert f'sie_adapter_load_failures_by_cause_total{{cause="{cause}",model="{DEMO_MODEL}"}}' in metrics
+
+
+def test_text_logs_to_a_file_are_clean(demo_dirs, tmp_path):
+    """A log that is not a terminal: no progress-bar frames, probes at DEBUG, other requests logged."""
+    from tests.conftest import launched_demo
+
+    with open(tmp_path / "server.log", "w+") as log:
+        with launched_demo(log=log) as url:
+            for _ in range(3):
+                assert httpx.get(f"{url}/readyz").status_code == 200
+            httpx.get(f"{url}/metrics")
+            httpx.get(f"{url}/v1/models")
+        log.seek(0)
+        text = log.read()
+    assert "it/s]" not in text and "\r" not in text, text[-1500:]
+    assert "/readyz" not in text and "/metrics" not in text
+    assert "GET /v1/models 200" in text
