@@ -156,7 +156,7 @@ def test_request_id_echoed_and_logged(server):
     response = httpx.post(url + f"/v1/encode/{DEMO_MODEL}", json={"items": [{"text": "x"}]},
                           headers={**AUTH, "X-Request-ID": "trace-42", "Accept": "application/json"})
     assert response.headers["X-Request-ID"] == "trace-42"
-    generated = httpx.get(url + "/healthz").headers["X-Request-ID"]
+    generated = httpx.get(url + "/v1/models", headers=AUTH).headers["X-Request-ID"]  # probes log at DEBUG
     assert len(generated) == 32
 
     def logged() -> list[dict]:

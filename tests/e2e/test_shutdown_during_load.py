@@ -52,5 +52,5 @@ def test_sigterm_during_a_model_load_ends_within_seconds(demo_dirs, tmp_path):
         log.seek(0)
         text = log.read()
     assert code == 0 and took < 45, (code, took, text[-2000:])  # it did not wait for the 60 s load
-    assert "stopping while loading the base model; the load is abandoned" in text
+    assert "stopping while loading the" in text and "the load is abandoned" in text  # tokenizer or base model
     assert "exiting with a model load abandoned" in text
