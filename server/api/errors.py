@@ -14,7 +14,8 @@ from server import errors
 OPENAI_PATHS = frozenset({"/v1/embeddings", "/openai/v1/embeddings", "/openai/v1/models"})
 SERVED_ROUTES = (("POST", "/v1/encode/{model}"), ("GET", "/v1/models"), ("GET", "/v1/models/{model}"),
                  ("POST", "/v1/embeddings"), ("GET", "/openai/v1/models"), ("POST", "/openai/v1/embeddings"),
-                 ("GET|POST|DELETE", "/v1/models/{model}/loras"), ("POST", "/v1/load_lora_adapter"),
+                 ("GET|POST", "/v1/models/{model}/loras"), ("DELETE", "/v1/models/{model}/loras/{name}"),
+                 ("POST", "/v1/load_lora_adapter"),
                  ("POST", "/v1/unload_lora_adapter"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"),
                  ("GET", "/docs"))
 CLIENT_GONE = 499  # nginx's "client closed request": nobody is left to read the answer

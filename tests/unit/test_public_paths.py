@@ -38,3 +38,4 @@ def test_longest_configured_folder_wins(tmp_path):
     paths = PublicPaths.of({outer: "./a", inner: "builtin:b", "relative/ignored": "x"})
     assert paths.hide(f"{inner}/c and {outer}/d and {outer}bc").startswith("builtin:b/c and ./a/d and …/")
     assert os.path.isabs(paths.aliases[0][0])
+
