@@ -73,17 +73,16 @@ async def list_loras(model: str, request: Request) -> dict:
 async def load_lora(model: str, request: Request) -> JSONResponse:
     ctx = context(request)
     served = ctx.model(model)
-    admin_of(served)  # not supported, or not ready: answered before the body is read
+    admin = admin_of(served)  # not supported, or not ready: answered before the body is read
     spec = await parse(request, LoadLoraIn)
-    described, created = await load_or_reload(served, check_name(spec.name), spec.source, pin=spec.pin,
+    described, created = await load_or_reload(served, admin, check_name(spec.name), spec.source, pin=spec.pin,
                                               reload=spec.reload)
     return JSONResponse(ctx.paths.hide_in(described), status_code=201 if created else 200)
 
 
-async def load_or_reload(model: ServedModel, name: str, source: str | None, *, pin: bool = False,
-                         reload: bool = False) -> tuple[dict, bool]:
+async def load_or_reload(model: ServedModel, admin: AdapterAdmin, name: str, source: str | None, *,
+                         pin: bool = False, reload: bool = False) -> tuple[dict, bool]:
     """Load (201), find (200), or with `reload` read a resident adapter again with no gap (200)."""
-    admin = admin_of(model)
     if reload and name in model.adapters.names():
         return await admin.reload(name, source), False
     return await admin.load(name, source, pin=pin)
@@ -102,7 +101,7 @@ async def vllm_load(request: Request) -> PlainTextResponse:
     spec = await parse(request, VllmLoraIn)
     model, name = vllm_target(context(request), spec.lora_name)
     try:
-        await load_or_reload(model, check_name(name), spec.lora_path, reload=spec.load_inplace)
+        await load_or_reload(model, admin_of(model), check_name(name), spec.lora_path, reload=spec.load_inplace)
     except errors.UnknownAdapter as exc:  # no lora_path, and not a name the model can load by itself
         raise errors.InvalidInput(f"lora_path is missing: give the folder or hub id to load {name!r} from "
                                   f"({exc.message})", field="lora_path") from None

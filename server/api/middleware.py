@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import ApiError, body_too_large, send_error
+from server.api.lifecycle import PROBES
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 access_log = logging.getLogger("server.access")
-PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 log = logging.getLogger(__name__)
 
 
@@ -63,7 +63,7 @@ class RequestContextMiddleware:
             duration_ms = (time.perf_counter() - started) * 1e3
             client = scope.get("client") or ("-", 0)
             # Probes and scrapes come every few seconds: at DEBUG (a not-ready 503 included), unless they fail.
-            quiet = scope["path"] in PROBE_PATHS and status[0] in (200, 503)
+            quiet = scope["path"] in PROBES and status[0] in (200, 503)
             access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s %d %.1fms rid=%s", client[0],
                            scope["method"], scope["path"], status[0], duration_ms, rid,
                            extra={"request_id": rid, "method": scope["method"], "path": scope["path"],
