@@ -3,7 +3,8 @@
 A batch always contains the oldest waiting row (first come, first served: nothing starves) and is
 filled from a look-ahead window with the rows closest in length to it (less padding), within the
 padded-token budget and at most `max_loras_per_batch` distinct adapters (base counts as one).
-Rows of other adapters wait for the next batch. The forward runs off the event loop.
+Rows of other adapters wait for the next batch; rows asking for different outputs (dense, sparse,
+multivector) share a batch. The forward runs off the event loop.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from server import errors
-from server.backends.base import TokenBatch
+from server.backends.base import DENSE_ONLY, RowOutputs, TokenBatch
 
 log = logging.getLogger(__name__)
 LOOKAHEAD = 2048
@@ -35,7 +36,7 @@ class BatchLimits:
 
 @dataclass(frozen=True)
 class RowResult:
-    vector: np.ndarray
+    vector: np.ndarray | RowOutputs  # RowOutputs when the batch ran with `TokenBatch.outputs`
     batch_id: int
     started: float
     finished: float
@@ -46,6 +47,7 @@ class _Row:
     ids: Sequence[int]
     slot: int | None  # adapter slot (a lease holds it resident), None = base
     future: asyncio.Future
+    outputs: frozenset[str] = DENSE_ONLY
     enqueued: float = field(default_factory=time.perf_counter)
 
 
@@ -131,12 +133,14 @@ class Batcher:
         if self._waiting_tokens + tokens > self.limits.max_queue_tokens:
             raise errors.QueueFull(f"queue holds {self._waiting_tokens} tokens (limit {self.limits.max_queue_tokens})")
 
-    def submit(self, input_ids: Sequence[Sequence[int]], slot: int | None) -> list[asyncio.Future]:
-        """Queue one request's rows; refuses the whole request when the queue would overflow."""
+    def submit(self, input_ids: Sequence[Sequence[int]], slot: int | None,
+               outputs: frozenset[str] = DENSE_ONLY) -> list[asyncio.Future]:
+        """Queue one request's rows (each asking for `outputs`); refuses the whole request when the queue
+        would overflow."""
         tokens = sum(len(ids) for ids in input_ids)
         self.check_room(len(input_ids), tokens)
         loop = asyncio.get_running_loop()
-        rows = [_Row(ids, slot, loop.create_future()) for ids in input_ids]
+        rows = [_Row(ids, slot, loop.create_future(), outputs) for ids in input_ids]
         self._waiting.extend(rows)
         self._waiting_tokens += tokens
         self._wakeup.set()
@@ -186,7 +190,8 @@ class Batcher:
         started = time.perf_counter()
         self.running = tuple(r.slot for r in batch)
         try:
-            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.slot for r in batch]))
+            outputs = None if all(r.outputs == DENSE_ONLY for r in batch) else [r.outputs for r in batch]
+            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.slot for r in batch], outputs))
         except Exception as exc:  # fail this batch's rows only; the loop keeps serving
             log.exception("%s: batch %d of %d rows failed", self.name, batch_id, len(batch))
             for row in batch:

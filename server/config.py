@@ -19,8 +19,10 @@ import yaml
 
 BACKENDS = ("auto", "torch", "sglang")
 DTYPES = ("float32", "float16", "bfloat16")
-# auto: sentence-transformers' Pooling module when the folder has one, else cls for encoders, last for decoders.
-POOLINGS = ("auto", "last", "mean", "cls")
+# auto: sentence-transformers' Pooling module when the folder has one, else cls for encoders, last for decoders;
+# splade: a masked-LM served as SPLADE sparse vectors.
+POOLINGS = ("auto", "last", "mean", "cls", "splade")
+OUTPUT_TYPES = ("dense", "sparse", "multivector")  # what an encode may ask for (`params.output_types`)
 SWITCHES = ("auto", "on", "off")  # `compile` and `cuda_graphs` (torch backend): auto = on where it pays (CUDA)
 LORA_KERNELS = ("auto", "triton", "torch")  # static path's LoRA: auto = Triton on CUDA when installed
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
@@ -58,6 +60,7 @@ class Profile:
     instruction: str | None = None
     lora_id: str | None = None
     is_query: bool | None = None
+    output_types: tuple[str, ...] | None = None  # wins over the request's params.output_types, as in SIE
 
 
 @dataclass(frozen=True)
@@ -152,7 +155,16 @@ MODEL_KEYS = {f.name for f in dataclasses.fields(ModelConfig)} - {"source_file",
                                                                   "written_paths"} | {
     "adapter_options_loadtime", "adapter"}
 ADAPTER_KEYS = {"lora_paths", "max_loras_per_batch", "max_lora_rank", "lora_target_modules"} | SGLANG_PASSTHROUGH
-PROFILE_KEYS = {"instruction", "lora_id", "lora", "is_query"}
+PROFILE_KEYS = {"instruction", "lora_id", "lora", "is_query", "output_types"}
+
+
+def _output_types(where: str, profile: Mapping[str, Any]) -> tuple[str, ...] | None:
+    value = profile.get("output_types")
+    if value is None:
+        return None
+    _require(where, isinstance(value, list) and bool(value) and all(v in OUTPUT_TYPES for v in value),
+             f"output_types must be a non-empty list of {', '.join(OUTPUT_TYPES)}, got {value!r}")
+    return tuple(dict.fromkeys(value))
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
@@ -205,7 +217,8 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
         praw = praw or {}
         profiles[str(pname)] = Profile(name=str(pname), instruction=praw.get("instruction"),
                                        lora_id=praw.get("lora_id", praw.get("lora")),
-                                       is_query=praw.get("is_query"))
+                                       is_query=praw.get("is_query"),
+                                       output_types=_output_types(f"{where}: profiles.{pname}", praw))
     name = data.get("name")
     _require(where, isinstance(name, str) and name != "", "'name' is required")
     kwargs = {k: data[k] for k in MODEL_KEYS - {"adapter_options_loadtime", "profiles", "name", "adapter"} if k in data}
@@ -241,6 +254,8 @@ class ServerSettings:
     max_queue_tokens: int = 1048576
     max_items_per_request: int = 2048
     max_body_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = 256 * 1024 * 1024  # one answer, counted before it is queued (400 past it)
+    max_pending_response_bytes: int = 2 * 1024 * 1024 * 1024  # answers accepted, not yet sent (503 past it)
     api_keys: tuple[str, ...] = ()
     auth_exempt_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
     device: str = "auto"
@@ -261,6 +276,9 @@ class ServerSettings:
         _require(where, self.shutdown_grace_s >= 0, "shutdown_grace_s must be >= 0")
         _require(where, self.max_items_per_request >= 1, "max_items_per_request must be >= 1")
         _require(where, self.max_body_bytes >= 1024, "max_body_bytes must be >= 1024")
+        _require(where, self.max_response_bytes >= 1024, "max_response_bytes must be >= 1024")
+        _require(where, self.max_pending_response_bytes >= self.max_response_bytes,
+                 "max_pending_response_bytes must be at least max_response_bytes")
         _require(where, self.max_items_per_request <= self.max_queue_items,
                  "max_items_per_request must not exceed max_queue_items")
         _require(where, self.lora_failure_ttl_s >= 0, "lora_failure_ttl_s must be >= 0")
@@ -292,6 +310,9 @@ SETTINGS_HELP = {
     "max_queue_tokens": "tokens waiting for a batch past which requests get 503 QUEUE_FULL",
     "max_items_per_request": "items one request may carry",
     "max_body_bytes": "largest request body (413 past it)",
+    "max_response_bytes": "largest answer to one request, as float32 (a multivector is tokens x dim floats per "
+                          "item); 400 past it",
+    "max_pending_response_bytes": "answers accepted and not yet sent, past which requests get 503 QUEUE_FULL",
     "api_keys": "comma-separated keys; every route but auth_exempt_paths then needs Authorization: Bearer",
     "auth_exempt_paths": "comma-separated paths open without a key",
     "device": "auto, cpu, cuda or cuda:N",

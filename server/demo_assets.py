@@ -15,6 +15,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from server.demo_m3 import M3_ADAPTERS, M3_NAME, ensure_m3, m3_folders
+
 BUILTIN_PREFIX = "builtin:"
 MODEL_NAME = "qwen3-tiny"
 ASSET_VERSION = "v1"
@@ -138,15 +140,20 @@ def builtin_folders() -> dict[str, str]:
     root = cache_root()
     named = {root / MODEL_NAME: MODEL_NAME, root / DYNAMIC_ROOT: f"{MODEL_NAME}/{DYNAMIC_ROOT}"}
     named.update({root / "adapters" / adapter: f"{MODEL_NAME}/{adapter}" for adapter in DEMO_ADAPTERS})
+    named.update(m3_folders(root))
     return {str(folder): BUILTIN_PREFIX + name for folder, name in named.items()}
 
 
 def ensure_builtin(source: str) -> Path:
-    """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>|/dynamic]`."""
+    """Build (once) and return the folder for `builtin:qwen3-tiny[/<adapter>|/dynamic]` or
+    `builtin:m3-tiny[/<adapter>]`."""
     name = source[len(BUILTIN_PREFIX):]
     model_name, _, adapter = name.partition("/")
+    if model_name == M3_NAME and (not adapter or adapter in M3_ADAPTERS):
+        return ensure_m3(adapter)
     if model_name != MODEL_NAME or (adapter and adapter not in DEMO_ADAPTERS and adapter != DYNAMIC_ROOT):
         known = [MODEL_NAME] + [f"{MODEL_NAME}/{a}" for a in (*DEMO_ADAPTERS, DYNAMIC_ROOT)]
+        known += [M3_NAME] + [f"{M3_NAME}/{a}" for a in M3_ADAPTERS]
         raise ValueError(f"unknown builtin source {source!r}; known: {', '.join(BUILTIN_PREFIX + k for k in known)}")
     root = cache_root()
     model_dir = build_atomically(root / MODEL_NAME, build_tiny_model)

@@ -9,19 +9,17 @@ import logging
 import time
 from collections.abc import Sequence
 
-import numpy as np
-
 from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
 from server.adapters.stats import LOAD_BUCKETS
-from server.backends.base import Backend
+from server.answers import answer_bytes, finish_rows
+from server.backends.base import Backend, TokenBatch
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
 from server.logs import startup_progress
 from server.lora.peft_format import AdapterError
-from server.options import EncodeOptions, check_dims
-from server.postprocess import finish
+from server.options import EncodeOptions, check_dims, check_outputs
 from server.served_model import BatchObserver, EncodeResult, ModelState, ModelStats, ModelStatus
 from server.sources import SourceError, resolve_source
 from server.threads import DaemonExecutor
@@ -43,7 +41,7 @@ class LocalModel:
         self.tokenizer: TextTokenizer | None = None
         self.state = ModelState.LOADING
         self.failure: BaseException | None = None
-        self.batcher = Batcher(backend.embed, BatchLimits(
+        self.batcher = Batcher(self._run_batch, BatchLimits(
             max_batch_tokens=settings.max_batch_tokens, max_batch_wait_ms=settings.max_batch_wait_ms,
             max_loras_per_batch=config.adapters.max_loras_per_batch, max_queue_items=settings.max_queue_items,
             max_queue_tokens=settings.max_queue_tokens, max_padding=settings.max_batch_padding), name=config.name)
@@ -56,6 +54,7 @@ class LocalModel:
         self._loader = DaemonExecutor(f"load-{config.name}")  # a stop during loading abandons, never waits
         self.phase: str | None = None  # what loading is doing now (logged if a stop interrupts it)
         self.abandoned = False  # stopped before loading finished: its worker threads are left to the exit
+        self.pending_answer_bytes = 0  # answers accepted and not yet sent (max_pending_response_bytes)
 
     @property
     def name(self) -> str:
@@ -63,8 +62,18 @@ class LocalModel:
 
     @property
     def dims(self) -> int:
-        """The native output size: the config's `dims`, else the model's hidden size."""
-        return self.config.dims or self.backend.info.hidden_size
+        """The native dense size: the config's `dims`, else the model's hidden size (0 without dense output)."""
+        sizes = self.backend.info.output_dims()
+        return (self.config.dims or sizes["dense"]) if "dense" in sizes else 0
+
+    def output_dims(self) -> dict[str, int]:
+        """Each output the model gives -> its size, dense at the config's `dims`."""
+        sizes = self.backend.info.output_dims()
+        return {**sizes, "dense": self.dims} if "dense" in sizes else sizes
+
+    def _run_batch(self, batch: TokenBatch):
+        """Dense-only batches take the backend's (compiled, graphed) `embed`; others its `embed_outputs`."""
+        return self.backend.embed(batch) if batch.outputs is None else self.backend.embed_outputs(batch)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -78,7 +87,7 @@ class LocalModel:
             self.phase = "loading the base model"
             await self.backend.start(slots=self.adapters.capacity)
             hidden = self.backend.info.hidden_size
-            if config.dims is not None and config.dims > hidden:
+            if config.dims is not None and config.dims > hidden and "dense" in self.backend.info.output_dims():
                 raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "
                                   f"size {hidden}")
             progress.step("base model")
@@ -107,8 +116,16 @@ class LocalModel:
                      self.name, root, ", ".join(found) or "none yet")
 
     def _check_profiles(self) -> None:
-        """Every profile's adapter must be loadable: preloaded, configured, or found by the source policy."""
+        """Every profile's adapter must be loadable: preloaded, configured, or found by the source policy; its
+        output types must be ones the model gives."""
+        produced = tuple(self.backend.info.output_dims()) if self.backend.info.embeds else ()
         for profile in self.config.profiles.values():
+            if produced and profile.output_types:
+                try:
+                    check_outputs(profile.output_types, produced, self.name)
+                except errors.InvalidInput as exc:
+                    raise ConfigError(f"{self.config.source_file}: profiles.{profile.name}.output_types: "
+                                      f"{exc}") from None
             if profile.lora_id is None:
                 continue
             try:
@@ -150,7 +167,9 @@ class LocalModel:
 
     def status(self) -> ModelStatus:
         failure = self.failure
-        return ModelStatus(name=self.name, state=self.state, dims=self.dims,
+        loaded = self.backend.info.hidden_size > 0
+        return ModelStatus(name=self.name, state=self.state, dims=self.dims if loaded else self.config.dims or 0,
+                           outputs=self.output_dims() if loaded else {},
                            failure=f"{type(failure).__name__}: {failure}" if failure else None,
                            config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats())
 
@@ -169,6 +188,7 @@ class LocalModel:
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         if self.state is not ModelState.READY:
             self.status().require_ready()
+        check_outputs(options.output_types, tuple(self.backend.info.output_dims()), self.name)
         check_dims(options.dims, self.dims, self.config.min_dims)
         if len(texts) > self.settings.max_items_per_request:
             raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
@@ -191,6 +211,19 @@ class LocalModel:
         cap = self.tokenizer.max_tokens(limit)
         return clipped, sum(min(len(t.encode("utf-8")) + 2, cap) for t in clipped)
 
+    def _admit_answer(self, token_counts: list[int], options: EncodeOptions) -> int:
+        """Count the answer's bytes against the response limit (400) and the answers pending (503)."""
+        size = answer_bytes(token_counts, options.output_types, self.output_dims())
+        limit = self.settings.max_response_bytes
+        if size > limit:
+            raise errors.InvalidInput(f"the answer would take up to {size / 2**20:.1f} MiB, over the limit of "
+                                      f"{limit / 2**20:.1f} MiB (max_response_bytes); a multivector is tokens x "
+                                      "dim floats per item: send fewer or shorter items", field="items")
+        if self.pending_answer_bytes + size > self.settings.max_pending_response_bytes:
+            raise errors.QueueFull(f"answers pending take {self.pending_answer_bytes / 2**20:.1f} MiB (limit "
+                                   f"{self.settings.max_pending_response_bytes / 2**20:.1f} MiB)")
+        return size
+
     async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
         t0 = time.perf_counter()
         # Short inputs are prepared faster than a thread hop costs; long ones must not block the event loop.
@@ -201,20 +234,29 @@ class LocalModel:
         tokenize = functools.partial(self.tokenizer.tokenize, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
+        size = self._admit_answer([len(ids) for ids in tokenized.input_ids], options)
         t1 = time.perf_counter()
-        futures = self.batcher.submit(tokenized.input_ids, slot)
+        self.pending_answer_bytes += size
         try:
-            rows = await asyncio.gather(*futures)
+            rows = await self._run_rows(tokenized.input_ids, slot, frozenset(options.output_types))
+            t2 = time.perf_counter()
+            answers = finish_rows([row.vector for row in rows], options, dims=options.dims or self.config.dims,
+                                  normalize=self.config.normalize)
+        finally:
+            self.pending_answer_bytes -= size
+        t3 = time.perf_counter()
+        inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
+        return EncodeResult(vectors=answers.dense, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
+                            tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
+                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
+                            truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut),
+                            sparse=answers.sparse, multivector=answers.multivector, output_dims=self.output_dims())
+
+    async def _run_rows(self, input_ids: list[list[int]], slot: int | None, outputs: frozenset[str]) -> list:
+        futures = self.batcher.submit(input_ids, slot, outputs)
+        try:
+            return await asyncio.gather(*futures)
         except asyncio.CancelledError:
             for future in futures:
                 future.cancel()
             raise
-        t2 = time.perf_counter()
-        inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
-        vectors = finish(np.stack([row.vector for row in rows]), dims=options.dims or self.config.dims,
-                         normalize=self.config.normalize, output_dtype=options.output_dtype)
-        t3 = time.perf_counter()
-        return EncodeResult(vectors=vectors, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
-                            tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
-                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
-                            truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut))

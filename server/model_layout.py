@@ -1,8 +1,7 @@
-"""What a model folder says about how to embed with it: encoder or decoder, pooling, position limit.
-
-Read from config.json and, when present, sentence-transformers' `modules.json` / `1_Pooling/config.json`,
-so a sentence-transformers folder is served the way `SentenceTransformer.encode` runs it.
-"""
+"""What a model folder says about how to embed with it: encoder or decoder, pooling, position limit, and
+the outputs it gives (FlagEmbedding's bge-m3 heads beside the weights: dense, sparse and multivector; a
+SPLADE masked-LM: sparse only). Read from config.json, the head files and sentence-transformers' modules,
+so a sentence-transformers folder is served the way `SentenceTransformer.encode` runs it."""
 
 from __future__ import annotations
 
@@ -19,7 +18,18 @@ ENCODER_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "mpnet
 PADDING_OFFSET_TYPES = frozenset({"roberta", "xlm-roberta", "camembert"})
 ST_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean",
                     "pooling_mode_lasttoken": "last"}
-ST_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+ST_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize", "MLMTransformer", "SpladePooling")
+M3_HEAD_FILES = ("colbert_linear.pt", "sparse_linear.pt")  # FlagEmbedding's bge-m3: multivector, sparse
+SPLADE_POOLINGS = ("max", "sum")
+SPLADE_ACTIVATIONS = ("relu", "log1p_relu")
+
+
+@dataclass(frozen=True)
+class SpladeHead:
+    """A SPLADE model's pooling over its masked-LM logits (sentence-transformers' `SpladePooling`)."""
+
+    pooling: str = "max"  # max | sum over the unmasked tokens
+    activation: str = "relu"  # log1p(relu(x)), or log1p(log1p(relu(x))) for opensearch's models
 
 
 @dataclass(frozen=True)
@@ -28,6 +38,14 @@ class ModelLayout:
     pooling: str  # last | mean | cls: what the served vectors pool
     max_positions: int | None  # the most tokens one row may have, from config.json
     pad_token_id: int = 0
+    m3_heads: bool = False  # FlagEmbedding's colbert_linear.pt and sparse_linear.pt: three outputs
+    splade: SpladeHead | None = None  # a masked-LM served as SPLADE: sparse only
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        if self.splade is not None:
+            return ("sparse",)
+        return ("dense", "sparse", "multivector") if self.m3_heads else ("dense",)
 
 
 def _read_json(path: Path, where: str) -> dict | list:
@@ -37,20 +55,25 @@ def _read_json(path: Path, where: str) -> dict | list:
         raise ConfigError(f"{where}: cannot read {path.name} ({exc})") from None
 
 
-def sentence_transformers_pooling(folder: Path, where: str) -> str | None:
-    """The pooling a sentence-transformers folder declares, or None when the folder is not one."""
+def _st_modules(folder: Path, where: str) -> dict[str, Path]:
+    """sentence-transformers' modules of the folder: kind -> its folder ({} when the folder is not one)."""
     modules_file = folder / "modules.json"
     if not modules_file.is_file():
-        return None
-    modules = _read_json(modules_file, where)
-    pooling_path = None
-    for module in modules:
+        return {}
+    found = {}
+    for module in _read_json(modules_file, where):
         kind = str(module.get("type", "")).rsplit(".", 1)[-1]
         if kind not in ST_SUPPORTED_MODULES:
             raise ConfigError(f"{where}: sentence-transformers module {kind!r} ({module.get('path')}) is not "
                               f"supported; only {', '.join(ST_SUPPORTED_MODULES)} are")
-        if kind == "Pooling":
-            pooling_path = folder / module.get("path", "1_Pooling") / "config.json"
+        found[kind] = folder / module.get("path", "")
+    return found
+
+
+def sentence_transformers_pooling(folder: Path, where: str) -> str | None:
+    """The pooling a sentence-transformers folder declares, or None when the folder is not one."""
+    pooling = _st_modules(folder, where).get("Pooling")
+    pooling_path = pooling / "config.json" if pooling is not None else None
     if pooling_path is None or not pooling_path.is_file():
         return None
     settings = _read_json(pooling_path, where)
@@ -63,21 +86,53 @@ def sentence_transformers_pooling(folder: Path, where: str) -> str | None:
     return chosen[0]
 
 
+def splade_head(folder: Path, config: ModelConfig) -> SpladeHead | None:
+    """The SPLADE pooling of a sentence-transformers SparseEncoder folder (or `pooling: splade`)."""
+    where = config.source_file
+    module = _st_modules(folder, where).get("SpladePooling")
+    if module is None:
+        return SpladeHead() if config.pooling == "splade" else None
+    settings = _read_json(module / "config.json", where) if (module / "config.json").is_file() else {}
+    head = SpladeHead(pooling=settings.get("pooling_strategy", "max"),
+                      activation=settings.get("activation_function", "relu"))
+    if head.pooling not in SPLADE_POOLINGS or head.activation not in SPLADE_ACTIVATIONS:
+        raise ConfigError(f"{where}: SpladePooling asks for {head.pooling} pooling of {head.activation}; supported: "
+                          f"{'/'.join(SPLADE_POOLINGS)} of {'/'.join(SPLADE_ACTIVATIONS)}")
+    return head
+
+
+def has_m3_heads(folder: Path, where: str) -> bool:
+    """Both of FlagEmbedding's head files, or neither; one alone is an error (FlagEmbedding would make the
+    other up at random and serve it silently)."""
+    present = [name for name in M3_HEAD_FILES if (folder / name).is_file()]
+    if len(present) == 1:
+        missing = next(name for name in M3_HEAD_FILES if name not in present)
+        raise ConfigError(f"{where}: the model folder has {present[0]} but not {missing}; bge-m3's sparse and "
+                          "multivector heads come as a pair: add the missing file, or remove both to serve dense only")
+    return bool(present)
+
+
 def read_layout(folder: Path, config: ModelConfig) -> ModelLayout:
     """The layout of the model in `folder` under `config` (its explicit `pooling` wins over the folder's)."""
     where = config.source_file
     hf_config = _read_json(folder / "config.json", where) if (folder / "config.json").is_file() else {}
     model_type = str(hf_config.get("model_type", ""))
     encoder = model_type in ENCODER_TYPES and not hf_config.get("is_decoder", False)
+    splade = splade_head(folder, config)
     pooling = config.pooling
-    if pooling == "auto":
+    if splade is not None:
+        pooling = "cls"  # unused: a SPLADE model gives no dense vector
+    elif pooling == "auto":
         pooling = sentence_transformers_pooling(folder, where) or ("cls" if encoder else "last")
     positions = hf_config.get("max_position_embeddings")
     pad = hf_config.get("pad_token_id")
     if positions is not None and model_type in PADDING_OFFSET_TYPES:
         positions -= (pad or 0) + 1
+    m3_heads = splade is None and has_m3_heads(folder, where)
+    if (m3_heads or splade is not None) and not encoder:
+        raise ConfigError(f"{where}: sparse and multivector outputs are served for encoders only, not {model_type!r}")
     layout = ModelLayout(encoder=encoder, pooling=pooling, max_positions=positions,
-                         pad_token_id=int(pad) if isinstance(pad, int) else 0)
+                         pad_token_id=int(pad) if isinstance(pad, int) else 0, m3_heads=m3_heads, splade=splade)
     if encoder and positions is not None and config.max_seq_len > positions:
         raise ConfigError(f"{where}: max_seq_len {config.max_seq_len} exceeds the {positions} positions of this "
                           f"{model_type} encoder; set max_seq_len to at most {positions}")

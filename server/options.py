@@ -8,11 +8,9 @@ import dataclasses
 from dataclasses import dataclass
 
 from server import errors
-from server.config import ModelConfig
+from server.config import OUTPUT_TYPES, ModelConfig
 from server.postprocess import OUTPUT_DTYPES
 from server.tokenization import OVERFLOW_POLICIES
-
-OUTPUT_TYPES = ("dense",)
 
 
 def _quoted(values) -> str:
@@ -29,7 +27,8 @@ class RequestedOptions:
     instruction: str | None = None
     dims: int | None = None
     overflow_policy: str | None = None
-    output_types: tuple[str, ...] | None = None
+    output_types: tuple[str, ...] | None = None  # params.output_types
+    option_output_types: tuple[str, ...] | None = None  # options.output_types: wins over params, as in SIE
     output_dtype: str | None = None
 
     def __post_init__(self) -> None:
@@ -37,12 +36,15 @@ class RequestedOptions:
             raise errors.InvalidInput("options.lora_id must not be empty", field="lora_id")
         if self.overflow_policy is not None and self.overflow_policy not in OVERFLOW_POLICIES:
             raise errors.InvalidInput(f"options.overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)}")
-        if self.output_types is not None and not self.output_types:
-            raise errors.InvalidInput("params.output_types must name at least one output type (dense)")
-        for kind in self.output_types or ():
-            if kind not in OUTPUT_TYPES:
-                raise errors.InvalidInput(f"params.output_types: unsupported output type {kind!r}; "
-                                          f"this server returns: {_quoted(OUTPUT_TYPES)}")
+        for where, kinds in (("params.output_types", self.output_types),
+                             ("options.output_types", self.option_output_types)):
+            if kinds is not None and not kinds:
+                raise errors.InvalidInput(f"{where} must name at least one output type ({', '.join(OUTPUT_TYPES)})",
+                                          field="output_types")
+            for kind in kinds or ():
+                if kind not in OUTPUT_TYPES:
+                    raise errors.InvalidInput(f"{where}: unsupported output type {kind!r}; this server returns: "
+                                              f"{_quoted(OUTPUT_TYPES)}", field="output_types")
         if self.output_dtype is not None and self.output_dtype not in OUTPUT_DTYPES:
             raise errors.InvalidInput(f"params.output_dtype: unsupported output_dtype {self.output_dtype!r}; "
                                       f"supported: {_quoted(OUTPUT_DTYPES)}")
@@ -100,6 +102,7 @@ class EncodeOptions:
     output_dtype: str = "float32"
     dims: int | None = None
     overflow_policy: str = "truncate"
+    output_types: tuple[str, ...] = ("dense",)
 
 
 def resolve_options(config: ModelConfig, requested: RequestedOptions) -> EncodeOptions:
@@ -115,9 +118,20 @@ def resolve_options(config: ModelConfig, requested: RequestedOptions) -> EncodeO
     instruction = requested.instruction
     if instruction is None and profile is not None:
         instruction = profile.instruction
+    output_types = (requested.option_output_types or (profile.output_types if profile else None)
+                    or requested.output_types or ("dense",))
     return EncodeOptions(lora_id=lora_id, instruction=instruction, is_query=is_query,
                          output_dtype=requested.output_dtype or "float32", dims=requested.dims,
-                         overflow_policy=requested.overflow_policy or "truncate")
+                         overflow_policy=requested.overflow_policy or "truncate",
+                         output_types=tuple(dict.fromkeys(output_types)))
+
+
+def check_outputs(requested: tuple[str, ...], produced: tuple[str, ...], model: str) -> None:
+    """400 unless the model gives every output type asked for, naming what it gives."""
+    missing = [kind for kind in requested if kind not in produced]
+    if missing:
+        raise errors.InvalidInput(f"model {model!r} does not produce {_quoted(missing)} output; it produces: "
+                                  f"{_quoted(produced)}", field="output_types")
 
 
 def check_dims(dims: int | None, native: int, minimum: int) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from server import errors
+from server.backends.base import SparseVector
 from server.batching import BatchShape
 from server.config import ModelConfig
 from server.options import EncodeOptions
@@ -47,6 +48,11 @@ class ModelStatus:
     failure: str | None = None
     config_error: bool = False  # the failure is the operator's to fix (config, adapter files, sources)
     stats: ModelStats | None = None  # None where the state lives elsewhere (scale-out: on each replica)
+    outputs: Mapping[str, int] = field(default_factory=dict)  # output type -> size, once loaded ({}: dense)
+
+    def output_dims(self) -> dict[str, int]:
+        """What `/v1/models` reports: each output type -> its size (dense only until the model is loaded)."""
+        return dict(self.outputs) if self.outputs else ({"dense": self.dims} if self.dims else {})
 
     def require_ready(self) -> None:
         if self.state is ModelState.LOADING:
@@ -57,7 +63,7 @@ class ModelStatus:
 
 @dataclass(frozen=True)
 class EncodeResult:
-    vectors: object  # np.ndarray [items, dims] in the requested dtype
+    vectors: object  # np.ndarray [items, dims] in the requested dtype; None when dense was not asked for
     dims: int
     input_tokens: int
     tokenization_ms: float
@@ -66,6 +72,9 @@ class EncodeResult:
     postprocessing_ms: float
     replica: str | None = None  # scale-out: the replica that ran the forward
     truncated: tuple[int, ...] = ()  # indices of the items cut to max_seq_len tokens
+    sparse: tuple[SparseVector, ...] | None = None  # per item, when asked for
+    multivector: tuple[object, ...] | None = None  # per item np.ndarray [tokens, token_dims], when asked for
+    output_dims: Mapping[str, int] = field(default_factory=dict)  # sizes of the outputs (sparse: vocabulary)
 
 
 BatchObserver = Callable[[BatchShape], None]  # called once per forward batch

@@ -23,6 +23,25 @@ T = TypeVar("T")
 TRUNCATED_HEADER = "X-Truncated-Items"
 
 
+def output_entries(result: EncodeResult, options: EncodeOptions) -> list[dict]:
+    """Each item's outputs in SIE's shapes: `dense {dims, dtype, values}`, `sparse {dims, dtype, indices,
+    values}` (float32 weights whatever the output dtype) and `multivector {token_dims, num_tokens, dtype,
+    values}`; arrays stay numpy (msgpack-numpy on the wire, lists in JSON)."""
+    count = len(result.sparse or result.multivector or result.vectors)
+    entries: list[dict] = [{} for _ in range(count)]
+    if result.vectors is not None:
+        for entry, vector in zip(entries, result.vectors):
+            entry["dense"] = {"dims": result.dims, "dtype": options.output_dtype, "values": vector}
+    for entry, sparse in zip(entries, result.sparse or ()):
+        entry["sparse"] = {"dims": result.output_dims.get("sparse"), "dtype": "float32", "indices": sparse.indices,
+                           "values": sparse.values}
+    token_dims = result.output_dims.get("multivector", 0)
+    for entry, vectors in zip(entries, result.multivector or ()):
+        entry["multivector"] = {"token_dims": token_dims, "num_tokens": int(vectors.shape[0]),
+                                "dtype": options.output_dtype, "values": vectors}
+    return entries
+
+
 def result_headers(result: EncodeResult) -> dict[str, str]:
     """Headers every encode answer carries beyond timing: the replica, and the items cut to max_seq_len."""
     headers = {"X-Replica-ID": result.replica} if result.replica else {}

@@ -25,8 +25,8 @@ def model_info(model: ServedModel, paths: PublicPaths) -> dict:
         "loaded": status.state is ModelState.READY,
         "last_error": {"message": paths.hide(status.failure)} if status.failure else None,
         "inputs": ["text"],
-        "outputs": ["dense"],
-        "dims": {"dense": status.dims} if status.dims else {},
+        "outputs": list(status.output_dims()) or ["dense"],
+        "dims": status.output_dims(),
         "max_sequence_length": config.max_seq_len,
         "profiles": {name: {"instruction": p.instruction, "lora_id": p.lora_id, "is_default": False}
                      for name, p in config.profiles.items()},

@@ -21,7 +21,8 @@ from server.api.wire import dump_json
 router = APIRouter()
 # A core error's field -> (OpenAI's parameter, whether the message's own wording is renamed too).
 OPENAI_PARAMS = {"dims": ("dimensions", True), "lora_id": ("model", False), "profile": ("model", False),
-                 "is_query": ("is_query", False), "instruction": ("instruction", False), "items": ("input", False)}
+                 "is_query": ("is_query", False), "instruction": ("instruction", False), "items": ("input", False),
+                 "output_types": ("model", False)}
 BODY_SCHEMA = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"$ref": "#/components/schemas/EmbeddingsIn"}}}}}
 
@@ -44,6 +45,9 @@ def openai_error(exc: errors.InvalidInput) -> ApiError:
     """A core 400 in OpenAI's terms: `param` set, SIE's option names replaced by OpenAI's parameters."""
     param, renamed = OPENAI_PARAMS.get(exc.field, (exc.field, False))
     message = re.sub(rf"\b(options\.)?{re.escape(exc.field)}\b", param, exc.message) if renamed else exc.message
+    if exc.field == "output_types":
+        message += ("; the OpenAI embeddings route returns dense vectors only: ask /v1/encode for sparse or "
+                    "multivector outputs (params.output_types)")
     return ApiError(400, from_domain(exc).code, message, param=param)
 
 

@@ -24,7 +24,8 @@ from server.options import EncodeRequest, RequestedOptions
 
 OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"), "profile": (str, "a string"),
                 "is_query": (bool, "a boolean"), "instruction": (str, "a string"), "dims": (int, "an integer"),
-                "overflow_policy": (str, "a string"), "output_dtype": (str, "a string")}
+                "overflow_policy": (str, "a string"), "output_dtype": (str, "a string"),
+                "output_types": (list, "a list of output types")}
 
 
 class _Lenient(BaseModel):
@@ -54,6 +55,7 @@ class OptionsIn(_Lenient):
     dims: StrictInt | None = None
     overflow_policy: StrictStr | None = None
     output_dtype: StrictStr | None = None  # as SIE: params.output_dtype wins when both are set
+    output_types: list[StrictStr] | None = None  # as SIE: wins over params.output_types
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +82,7 @@ class OptionsIn(_Lenient):
             is_query=self.is_query, instruction=instruction if instruction is not None else self.instruction,
             dims=self.dims, overflow_policy=self.overflow_policy,
             output_types=tuple(output_types) if output_types is not None else None,
+            option_output_types=tuple(self.output_types) if self.output_types is not None else None,
             output_dtype=output_dtype if output_dtype is not None else self.output_dtype)
 
 
@@ -149,7 +152,9 @@ class EmbeddingsIn(_Lenient):
 
     def to_request(self, target: ModelId) -> EncodeRequest:
         texts = (self.input,) if isinstance(self.input, str) else tuple(self.input)
-        options = OptionsIn(is_query=self.is_query, instruction=self.instruction, dims=self.dimensions)
+        # OpenAI's embeddings are dense vectors, whatever output types a profile names.
+        options = OptionsIn(is_query=self.is_query, instruction=self.instruction, dims=self.dimensions,
+                            output_types=["dense"])
         return EncodeRequest(target.name, texts, target.selection.merged(options.requested(), target.model.config))
 
 

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from server.api.context import context, request_body
-from server.api.encoding import result_headers, run_encode
+from server.api.encoding import output_entries, result_headers, run_encode
 from server.api.model_ids import listed_model_id, parse_model_id
 from server.api.model_info import model_entries, openai_entries, selected_info
 from server.api.openapi import ENCODE_OPENAPI
@@ -43,10 +43,8 @@ async def encode(model: str, request: Request) -> Response:
         body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
         options, result = await run_encode(ctx, parsed.to_request(target), request, track)
-    items = []
-    for item, vector in zip(parsed.items, result.vectors):
-        entry = {"dense": {"dims": result.dims, "dtype": options.output_dtype, "values": vector}}
-        items.append({"id": item.id, **entry} if item.id is not None else entry)
+    items = [{"id": item.id, **entry} if item.id is not None else entry
+             for item, entry in zip(parsed.items, output_entries(result, options))]
     total_ms = (time.perf_counter() - started) * 1e3
     payload = {"model": model, "items": items, "usage": {"input_tokens": result.input_tokens},
                "timing": {"total_ms": total_ms, "queue_ms": result.queue_ms,

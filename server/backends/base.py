@@ -1,4 +1,5 @@
-"""The backend contract: token ids + one adapter slot per row in, one pooled vector per row out.
+"""The backend contract: token ids + one adapter slot per row in, one pooled vector per row out (and, for a
+model with sparse or multivector heads, each row's requested outputs from the same forward).
 
 The server owns tokenisation, templates, truncation, batching, post-processing and every adapter name
 (the adapter registry assigns slots). A backend loads the base model, installs validated adapter
@@ -13,23 +14,47 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from server import errors
 from server.lora.peft_format import LoraAdapter
+
+DENSE_ONLY = frozenset({"dense"})
 
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter slot `slots[i]` (None = base)."""
+    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter slot `slots[i]` (None = base).
+    `outputs[i]`: the output types row i asks for; None when every row asks for dense only (`embed`)."""
 
     input_ids: Sequence[Sequence[int]]
     slots: Sequence[int | None]
+    outputs: Sequence[frozenset[str]] | None = None
 
     def __post_init__(self) -> None:
-        if len(self.input_ids) != len(self.slots):
-            raise ValueError("input_ids and slots must have one entry per row")
+        if len(self.input_ids) != len(self.slots) or (self.outputs is not None
+                                                       and len(self.outputs) != len(self.slots)):
+            raise ValueError("input_ids, slots and outputs must have one entry per row")
 
     def split(self, at: int) -> tuple[TokenBatch, TokenBatch]:
-        return (TokenBatch(self.input_ids[:at], self.slots[:at]),
-                TokenBatch(self.input_ids[at:], self.slots[at:]))
+        outputs = self.outputs or None
+        return (TokenBatch(self.input_ids[:at], self.slots[:at], outputs[:at] if outputs else None),
+                TokenBatch(self.input_ids[at:], self.slots[at:], outputs[at:] if outputs else None))
+
+
+@dataclass(frozen=True)
+class SparseVector:
+    """Non-zero weights by token id: `indices` int32 ascending, `values` float32 > 0."""
+
+    indices: np.ndarray
+    values: np.ndarray
+
+
+@dataclass(frozen=True)
+class RowOutputs:
+    """One row's requested outputs, raw: dense pooled and multivector rows not normalised."""
+
+    dense: np.ndarray | None = None  # [hidden]
+    sparse: SparseVector | None = None
+    multivector: np.ndarray | None = None  # [tokens, dim]: every position after the first, padding excluded
 
 
 @dataclass(frozen=True)
@@ -41,6 +66,11 @@ class BackendInfo:
     max_input_tokens: int | None = None  # a backend-side limit below the model's max_seq_len, if any
     description: str = ""  # one line for logs and `launch.py check`
     embeds: bool = True  # False for the dry run, which loads no weights
+    outputs: Mapping[str, int] = field(default_factory=dict)  # output type -> its size; {} means dense only
+
+    def output_dims(self) -> dict[str, int]:
+        """Each output the model gives -> its size (dense: hidden size, sparse: vocabulary, multivector: per token)."""
+        return dict(self.outputs) if self.outputs else {"dense": self.hidden_size}
 
 
 class Backend(ABC):
@@ -59,6 +89,14 @@ class Backend(ABC):
     @abstractmethod
     async def embed(self, batch: TokenBatch) -> np.ndarray:
         """Pooled (not normalised) float32 vectors, shape [rows, hidden_size], in row order."""
+
+    async def embed_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
+        """Each row's requested outputs (`batch.outputs`) from one forward. Backends with output heads
+        override it; a dense-only backend answers dense rows through `embed`."""
+        others = set().union(*(batch.outputs or [DENSE_ONLY])) - DENSE_ONLY
+        if others:
+            raise errors.NotSupported(f"this backend gives dense vectors only, not {', '.join(sorted(others))}")
+        return [RowOutputs(dense=vector) for vector in await self.embed(batch)]
 
     @abstractmethod
     async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:

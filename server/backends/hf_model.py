@@ -35,11 +35,13 @@ def meta_linear_shapes(model_dir: Path, allowed: tuple[str, ...] | None) -> tupl
     return shapes_of(linear_targets(model, allowed)), int(config.hidden_size)
 
 
-def load_encoder(model_dir: Path, dtype: torch.dtype, device: str) -> nn.Module:
-    """The bare transformer (`*Model`, no LM head) in eval mode on `device`."""
-    from transformers import AutoModel
+def load_encoder(model_dir: Path, dtype: torch.dtype, device: str, *, masked_lm: bool = False) -> nn.Module:
+    """The bare transformer (`*Model`, no LM head) in eval mode on `device`; with `masked_lm`, the
+    `*ForMaskedLM` model (a SPLADE encoder: its transformer is `.base_model`, its head beside it)."""
+    from transformers import AutoModel, AutoModelForMaskedLM
 
-    model = AutoModel.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
+    loader = AutoModelForMaskedLM if masked_lm else AutoModel
+    model = loader.from_pretrained(model_dir, dtype=dtype, attn_implementation="sdpa")
     return model.to(device).eval()
 
 
@@ -78,15 +80,19 @@ def prepared_causal_mask(model: nn.Module) -> dict | None:
     return {"full_attention": None} if takes_mapping and layer_types == {"full_attention"} else None
 
 
-def pooled_forward(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, layout: ModelLayout,
-                   causal_mask: dict | None = None) -> torch.Tensor:
-    """One forward and pooling over right-padded rows. Decoders run without a mask (`causal_mask`, from
-    `prepared_causal_mask`, says so explicitly where the model takes it): with causal attention a real
-    token never sees the padding after it, and SDPA keeps its fast `is_causal` path. Encoders attend both
-    ways, so padding is masked out."""
+def hidden_states(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, layout: ModelLayout,
+                  causal_mask: dict | None = None) -> torch.Tensor:
+    """The last hidden states [rows, longest, hidden] of right-padded rows. Decoders run without a mask
+    (`causal_mask`, from `prepared_causal_mask`, says so explicitly where the model takes it): with causal
+    attention a real token never sees the padding after it, and SDPA keeps its fast `is_causal` path.
+    Encoders attend both ways, so padding is masked out."""
     if layout.encoder:
         mask = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
-        hidden = model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
-    else:
-        hidden = model(input_ids=input_ids, attention_mask=causal_mask, use_cache=False).last_hidden_state
-    return pool(hidden, lengths, layout.pooling)
+        return model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+    return model(input_ids=input_ids, attention_mask=causal_mask, use_cache=False).last_hidden_state
+
+
+def pooled_forward(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, layout: ModelLayout,
+                   causal_mask: dict | None = None) -> torch.Tensor:
+    """One forward (`hidden_states`) and pooling over right-padded rows."""
+    return pool(hidden_states(model, input_ids, lengths, layout, causal_mask), lengths, layout.pooling)

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from server.backends.cuda_graphs import GraphPool, plan_buckets
-from server.backends.hf_model import pooled_forward
+from server.backends.hf_model import hidden_states, pooled_forward
 from server.config import ModelConfig
 from server.demo_assets import cache_dir
 from server.lora.plan import SegmentPlan
@@ -89,6 +89,14 @@ class StaticForward:
         self.plan.publish_rows(slots)
         try:
             return self._forward(ids, lengths)
+        finally:
+            self.plan.clear()
+
+    def hidden(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """The last hidden states under per-row slots, eager (rows asking for sparse or multivector outputs)."""
+        self.plan.publish_rows(slots)
+        try:
+            return hidden_states(self.model, ids, lengths, self.layout, self.causal_mask)
         finally:
             self.plan.clear()
 

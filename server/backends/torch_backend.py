@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from server import errors
-from server.backends.base import Backend, BackendInfo, TokenBatch
+from server.backends.base import Backend, BackendInfo, RowOutputs, TokenBatch
 from server.backends.hf_model import (
     DTYPES,
+    hidden_states,
     linear_targets,
     load_encoder,
     pad_rows,
@@ -26,6 +27,7 @@ from server.backends.hf_model import (
     prepared_causal_mask,
     shapes_of,
 )
+from server.backends.output_heads import OutputHeads, load_heads, row_outputs
 from server.backends.static_forward import EngineChoice, StaticForward, choose_engine
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
@@ -57,6 +59,7 @@ class TorchBackend(Backend):
         self._causal_mask: dict | None = None
         self._info = BackendInfo(hidden_size=0)
         self.layout = ModelLayout(encoder=False, pooling="last", max_positions=None)
+        self.heads = OutputHeads()
         self.model = None
 
     @property
@@ -71,7 +74,10 @@ class TorchBackend(Backend):
         folder = resolve_source(self.config.model_path, kind="model")
         self.layout = read_layout(folder, self.config)
         log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
-        model = load_encoder(folder, self.dtype, self.device)
+        loaded = load_encoder(folder, self.dtype, self.device, masked_lm=self.layout.splade is not None)
+        model = loaded.base_model if self.layout.splade is not None else loaded  # LoRA adapts the transformer only
+        self.heads = load_heads(folder, self.layout, loaded, where=self.config.source_file, dtype=self.dtype,
+                                device=self.device)
         linears = linear_targets(model, self.config.adapters.lora_target_modules)
         self._plan = SegmentPlan(zero_slot=slots)
         self._layers = wrap_linears(model, linears, self._plan, slots=slots,
@@ -94,10 +100,13 @@ class TorchBackend(Backend):
                                          max_length=self.config.max_seq_len, name=self.config.name,
                                          causal_mask=self._causal_mask)
         log.info("%s: %s", self.config.name, engine)
-        self._info = BackendInfo(hidden_size=int(model.config.hidden_size), linear_shapes=shapes_of(linears),
+        hidden = int(model.config.hidden_size)
+        self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes_of(linears),
+                                 outputs=self.heads.sizes(hidden),
                                  description=f"{folder} on {self.device} ({self.dtype}, "
                                              f"{'encoder' if self.layout.encoder else 'decoder'}, "
-                                             f"{self.layout.pooling} pooling)")
+                                             f"{self.layout.pooling} pooling, outputs "
+                                             f"{', '.join(self.layout.outputs)})")
 
     def _use_kernels(self) -> None:
         """The static path's LoRA as Triton custom ops, over groups of linears that share an input."""
@@ -145,11 +154,21 @@ class TorchBackend(Backend):
     async def embed(self, batch: TokenBatch) -> np.ndarray:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_sync, batch)
 
+    async def embed_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.embed_outputs_sync, batch)
+
     def embed_sync(self, batch: TokenBatch) -> np.ndarray:
         """Runs on the worker thread. On device out-of-memory the batch is split in halves and retried,
         down to single rows, before the error reaches the requests."""
+        return self._halving_on_oom(batch, self._forward, np.concatenate)
+
+    def embed_outputs_sync(self, batch: TokenBatch) -> list[RowOutputs]:
+        """`embed_sync` for rows that ask for sparse or multivector outputs too."""
+        return self._halving_on_oom(batch, self._forward_outputs, lambda halves: halves[0] + halves[1])
+
+    def _halving_on_oom(self, batch: TokenBatch, forward, join):
         try:
-            return self._forward(batch)
+            return forward(batch)
         except torch.OutOfMemoryError:
             if len(batch.input_ids) == 1:
                 raise
@@ -157,20 +176,24 @@ class TorchBackend(Backend):
             if self.device.startswith("cuda"):
                 torch.cuda.empty_cache()
             first, second = batch.split(len(batch.input_ids) // 2)
-            return np.concatenate([self.embed_sync(first), self.embed_sync(second)])
+            return join([self._halving_on_oom(first, forward, join), self._halving_on_oom(second, forward, join)])
 
-    @torch.inference_mode()
-    def _forward(self, batch: TokenBatch) -> np.ndarray:
-        """Group rows by adapter slot, one forward, pool, restore order."""
+    def _row_slots(self, batch: TokenBatch) -> list[int]:
+        """Each row's slot (-1: base), after checking every adapter slot is installed."""
         slots = [-1 if slot is None else slot for slot in batch.slots]
         missing = {slot for slot in slots if slot >= 0} - self._installed
         if missing:
             raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
+        return slots
+
+    @torch.inference_mode()
+    def _forward(self, batch: TokenBatch) -> np.ndarray:
+        """Group rows by adapter slot, one forward, pool, restore order."""
+        slots = self._row_slots(batch)
         if self._static is not None:
             self._static.ensure_warm()
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
-            row_slots = torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
-            return self._static(input_ids, lengths, row_slots).float().cpu().numpy()
+            return self._static(input_ids, lengths, self._static_slots(slots)).float().cpu().numpy()
         order = sorted(range(len(slots)), key=slots.__getitem__)
         input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
         self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
@@ -181,3 +204,28 @@ class TorchBackend(Backend):
         result = torch.empty_like(pooled)
         result[torch.tensor(order, device=pooled.device)] = pooled
         return result.cpu().numpy()
+
+    def _static_slots(self, slots: list[int]) -> torch.Tensor:
+        return torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
+
+    @torch.inference_mode()
+    def _forward_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
+        """One forward to the hidden states (eager: the outputs vary per row), then each row's outputs."""
+        slots = self._row_slots(batch)
+        wanted = batch.outputs or [frozenset({"dense"})] * len(slots)
+        if self._static is not None:
+            input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
+            hidden = self._static.hidden(input_ids, lengths, self._static_slots(slots))
+            return row_outputs(self.heads, self.layout, hidden, lengths, input_ids, wanted)
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
+        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
+        try:
+            hidden = hidden_states(self.model, input_ids, lengths, self.layout, self._causal_mask)
+        finally:
+            self._plan.clear()
+        outputs = row_outputs(self.heads, self.layout, hidden, lengths, input_ids, [wanted[i] for i in order])
+        result: list[RowOutputs] = [RowOutputs()] * len(order)
+        for position, row in enumerate(order):
+            result[row] = outputs[position]
+        return result

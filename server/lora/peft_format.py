@@ -122,9 +122,11 @@ def _module_path(name: str, key: str, base_shapes: Mapping[str, tuple[int, int]]
     for prefix in _PREFIXES:
         if path.startswith(prefix):
             path = path[len(prefix):]
-    # Adapters trained on a *ForCausalLM carry one more `model.` than the bare encoder has.
-    if path not in base_shapes and path.startswith("model.") and path[len("model."):] in base_shapes:
-        path = path[len("model."):]
+    # Adapters trained on a *ForCausalLM or *ForMaskedLM carry one more level (`model.`, `bert.`, `roberta.`)
+    # than the bare transformer that is served has.
+    outer, _, inner = path.partition(".")
+    if path not in base_shapes and inner in base_shapes and outer.isidentifier():
+        path = inner
     if path not in base_shapes:
         raise _fail(name, f"target module {path!r} does not exist in the base model (or is not a Linear)")
     return path, match["kind"]

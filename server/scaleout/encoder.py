@@ -74,7 +74,9 @@ class Encoder:
         return dataclasses.replace(result, replica=self.replica)
 
     async def info(self) -> dict:
-        return {"replica": self.replica, "dims": self.model.status().dims, "metrics_url": self.listener.url}
+        status = self.model.status()
+        return {"replica": self.replica, "dims": status.dims, "outputs": status.output_dims(),
+                "metrics_url": self.listener.url}
 
     async def _shutdown(self) -> None:
         self.listener.close()

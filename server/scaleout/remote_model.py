@@ -49,10 +49,11 @@ class RemoteModel:
         self.adapters = ConfiguredAdapters(config)
         self._state = ModelState.LOADING
         self._dims = config.dims or 0
+        self._outputs: dict[str, int] = {}
         self._connecting: asyncio.Task | None = None
 
     def status(self) -> ModelStatus:
-        return ModelStatus(name=self.config.name, state=self._state, dims=self._dims)
+        return ModelStatus(name=self.config.name, state=self._state, dims=self._dims, outputs=self._outputs)
 
     def start(self, on_batch: BatchObserver) -> asyncio.Future:
         """Ready once one encoder replica answers (batches, and so `on_batch`, live on the replicas)."""
@@ -68,6 +69,7 @@ class RemoteModel:
                 log.info("%s: waiting for an encoder replica (%s)", self.config.name, type(exc).__name__)
                 await asyncio.sleep(CONNECT_RETRY_S)
         self._dims = self.config.dims or info["dims"]
+        self._outputs = info.get("outputs") or {}
         self._state = ModelState.READY
         log.info("%s: ready (first answer from replica %s, metrics at %s)", self.config.name, info["replica"],
                  info["metrics_url"])

@@ -1,0 +1,53 @@
+"""Each row's raw outputs -> what a request is answered with: dense vectors finished as before (dims,
+normalisation, dtype), multivectors normalised per token and converted like dense (never truncated), sparse
+weights as they are (float32); and the bytes an answer can take, which the response and queue limits count."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from server.backends.base import RowOutputs, SparseVector
+from server.options import EncodeOptions
+from server.postprocess import finish
+
+SPARSE_ENTRY_BYTES = 8  # an int32 index and a float32 weight
+
+
+@dataclass(frozen=True)
+class Answers:
+    """The outputs of a request's items, each present when asked for."""
+
+    dense: np.ndarray | None = None  # [items, dims] in the requested dtype
+    sparse: tuple[SparseVector, ...] | None = None
+    multivector: tuple[np.ndarray, ...] | None = None  # each [tokens, token_dims] in the requested dtype
+
+
+def answer_bytes(token_counts: Sequence[int], output_types: Sequence[str], sizes: dict[str, int]) -> int:
+    """An upper bound of an answer's size as float32 (the largest output dtype): a dense vector per item, a
+    multivector of `tokens x dim` per item, a sparse entry per token at most."""
+    total = 0
+    for tokens in token_counts:
+        total += 4 * sizes.get("dense", 0) if "dense" in output_types else 0
+        total += 4 * tokens * sizes.get("multivector", 0) if "multivector" in output_types else 0
+        total += SPARSE_ENTRY_BYTES * tokens if "sparse" in output_types else 0
+    return total
+
+
+def finish_rows(rows: Sequence[RowOutputs | np.ndarray], options: EncodeOptions, *, dims: int | None,
+                normalize: bool) -> Answers:
+    """Post-process the rows of one request (ndarray rows: a dense-only batch)."""
+    wanted = options.output_types
+    outputs = [row if isinstance(row, RowOutputs) else RowOutputs(dense=row) for row in rows]
+    dense = None
+    if "dense" in wanted:
+        dense = finish(np.stack([row.dense for row in outputs]), dims=dims, normalize=normalize,
+                       output_dtype=options.output_dtype)
+    multivector = None
+    if "multivector" in wanted:
+        multivector = tuple(finish(row.multivector, dims=None, normalize=normalize, output_dtype=options.output_dtype)
+                            for row in outputs)
+    sparse = tuple(row.sparse for row in outputs) if "sparse" in wanted else None
+    return Answers(dense=dense, sparse=sparse, multivector=multivector)
