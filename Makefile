@@ -7,8 +7,10 @@ HOST    ?= 127.0.0.1
 PORT    ?= 8080
 CONFIG  ?= model_configs/demo.yaml
 REPLICAS ?= 2
+# CONFIG may name several model YAMLs (space-separated): one server serves them all.
+CONFIGS  = $(foreach config,$(CONFIG),--config $(config))
 
-.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
+.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-multioutput test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
 
 venv: $(STAMP)
 
@@ -38,10 +40,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: venv
-	$(BIN)/python launch.py --config $(CONFIG) --host $(HOST) --port $(PORT)
+	$(BIN)/python launch.py $(CONFIGS) --host $(HOST) --port $(PORT)
 
 check: venv
-	$(BIN)/python launch.py check --config $(CONFIG)
+	$(BIN)/python launch.py check $(CONFIGS)
 
 lint: venv
 	$(BIN)/ruff check .
@@ -54,13 +56,19 @@ test-sglang:
 	bash tests/sglang/setup_venv.sh
 	SGLANG_USE_CPU_ENGINE=1 PYTHONPATH=$(CURDIR)/tests/sglang/stubs .venv-sglang/bin/python -m pytest -q -m sglang tests/sglang
 
+# Sparse and multivector outputs against FlagEmbedding's BGEM3FlagModel, sentence-transformers' SparseEncoder
+# and SIE's qdrant integration (its own venv: FlagEmbedding needs transformers below 5.24).
+test-multioutput:
+	bash tests/multioutput/setup_venv.sh
+	.venv-multioutput/bin/python -m pytest -q -m multioutput tests/multioutput
+
 # Ray Serve scale-out tier: the `.[ray]` extra into the same venv, then two replicas on loopback.
 $(VENV)/.ray-installed: $(STAMP)
 	$(BIN)/pip install -q -e '.[ray]'
 	touch $@
 
 run-scaleout: $(VENV)/.ray-installed
-	$(BIN)/python launch.py --config $(CONFIG) --host $(HOST) --port $(PORT) --replicas $(REPLICAS)
+	$(BIN)/python launch.py $(CONFIGS) --host $(HOST) --port $(PORT) --replicas $(REPLICAS)
 
 test-scaleout: $(VENV)/.ray-installed
 	$(BIN)/python -m pytest -q -m scaleout tests/scaleout
@@ -112,4 +120,4 @@ wheelhouse:
 	@echo "$$(ls $(WHEELHOUSE) | wc -l) wheels, $$(du -sh $(WHEELHOUSE) | cut -f1), in $(WHEELHOUSE)/"
 
 clean:
-	rm -rf $(VENV) .venv-sglang .cache .pytest_cache
+	rm -rf $(VENV) .venv-sglang .venv-multioutput .cache .pytest_cache

@@ -118,9 +118,9 @@ class LocalModel:
     def _check_profiles(self) -> None:
         """Every profile's adapter must be loadable: preloaded, configured, or found by the source policy; its
         output types must be ones the model gives."""
-        produced = tuple(self.backend.info.output_dims()) if self.backend.info.embeds else ()
+        produced = tuple(self.backend.info.output_dims())
         for profile in self.config.profiles.values():
-            if produced and profile.output_types:
+            if profile.output_types:
                 try:
                     check_outputs(profile.output_types, produced, self.name)
                 except errors.InvalidInput as exc:

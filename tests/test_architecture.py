@@ -13,12 +13,12 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
     ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources",
-                    "server.demo_assets", "server.model_layout", "server.packaged", "server.public_paths",
-                    "server.threads"]),
+                    "server.demo_assets", "server.demo_m3", "server.model_layout", "server.packaged",
+                    "server.public_paths", "server.threads"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),
-    ("core", ["server.batching", "server.tokenization", "server.postprocess", "server.options",
+    ("core", ["server.batching", "server.tokenization", "server.postprocess", "server.answers", "server.options",
               "server.served_model", "server.local_model", "server.build"]),
     ("api", ["server.api"]),
     ("scaleout", ["server.scaleout"]),

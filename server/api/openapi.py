@@ -17,8 +17,9 @@ ENCODE_OPENAPI = {
         "application/x-msgpack": {"schema": {"$ref": REF.format(model="EncodeRequestIn")}},
     }},
     "responses": {
-        "200": {"description": "One dense vector per item, in input order. msgpack by default (arrays as "
-                               "msgpack-numpy maps with bytes keys); JSON when Accept asks for it.",
+        "200": {"description": "Per item, in input order, the outputs asked for (params.output_types: dense, "
+                               "sparse, multivector). msgpack by default (arrays as msgpack-numpy maps with "
+                               "bytes keys); JSON when Accept asks for it.",
                 "content": {"application/msgpack": {"schema": {"$ref": REF.format(model="EncodeResponse")}},
                             "application/json": {"schema": {"$ref": REF.format(model="EncodeResponse")}}}},
         **{code: _ERROR for code in ("400", "401", "404", "413", "500", "502", "503")},
@@ -37,7 +38,12 @@ _COMPONENTS = {
         "items": {"type": "array", "items": {"type": "object", "properties": {
             "id": {"type": ["string", "integer"]},
             "dense": {"type": "object", "properties": {"dims": {"type": "integer"}, "dtype": {"type": "string"},
-                                                       "values": {}}}}}},
+                                                       "values": {}}},
+            "sparse": {"type": "object", "properties": {
+                "dims": {"type": "integer"}, "dtype": {"type": "string"}, "indices": {}, "values": {}}},
+            "multivector": {"type": "object", "properties": {
+                "token_dims": {"type": "integer"}, "num_tokens": {"type": "integer"}, "dtype": {"type": "string"},
+                "values": {}}}}}},
         "timing": {"type": "object", "additionalProperties": {"type": "number"}},
         "usage": {"type": "object", "properties": {"input_tokens": {"type": "integer"}}}}},
 }

@@ -10,6 +10,7 @@ import numpy as np
 from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
+from server.backends.output_heads import declared_sizes
 from server.config import ModelConfig, ServerSettings
 from server.lora.peft_format import LoraAdapter
 from server.model_layout import ModelLayout, read_layout
@@ -29,8 +30,10 @@ class DryRunBackend(Backend):
     async def start(self, slots: int) -> None:
         folder = await asyncio.to_thread(resolve_source, self.config.model_path, kind="model")
         self.layout = read_layout(folder, self.config)
-        shapes, hidden = await asyncio.to_thread(meta_linear_shapes, folder, self.config.adapters.lora_target_modules)
-        self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes, embeds=False,
+        shapes, hidden = await asyncio.to_thread(meta_linear_shapes, folder, self.config.adapters.lora_target_modules,
+                                                 masked_lm=self.layout.splade is not None)
+        outputs = await asyncio.to_thread(declared_sizes, folder, self.layout, hidden, where=self.config.source_file)
+        self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes, embeds=False, outputs=outputs,
                                  description=f"{folder} (hidden {hidden}, {len(shapes)} LoRA-capable linears)")
 
     async def embed(self, batch: TokenBatch) -> np.ndarray:

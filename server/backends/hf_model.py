@@ -25,13 +25,15 @@ def shapes_of(linears: dict[str, nn.Linear]) -> dict[str, tuple[int, int]]:
     return {name: (m.in_features, m.out_features) for name, m in linears.items()}
 
 
-def meta_linear_shapes(model_dir: Path, allowed: tuple[str, ...] | None) -> tuple[dict[str, tuple[int, int]], int]:
-    """Linear shapes and hidden size from config.json alone (no weights read)."""
-    from transformers import AutoConfig, AutoModel
+def meta_linear_shapes(model_dir: Path, allowed: tuple[str, ...] | None, *,
+                       masked_lm: bool = False) -> tuple[dict[str, tuple[int, int]], int]:
+    """Linear shapes and hidden size from config.json alone (no weights read); with `masked_lm`, of the
+    transformer inside the *ForMaskedLM model (as `load_encoder` serves a SPLADE model)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     config = AutoConfig.from_pretrained(model_dir)
     with torch.device("meta"):
-        model = AutoModel.from_config(config)
+        model = AutoModelForMaskedLM.from_config(config).base_model if masked_lm else AutoModel.from_config(config)
     return shapes_of(linear_targets(model, allowed)), int(config.hidden_size)
 
 

@@ -99,6 +99,21 @@ def load_heads(folder: Path, layout: ModelLayout, model: nn.Module, *, where: st
                        dropped_ids=_special_ids(folder), vocab_size=vocab)
 
 
+def declared_sizes(folder: Path, layout: ModelLayout, hidden: int, *, where: str) -> dict[str, int]:
+    """What `OutputHeads.sizes` will say, from config.json and the head files alone (no model built), the
+    head files checked as a load checks them; {} for a dense-only model."""
+    import json
+
+    vocab = int(json.loads((folder / "config.json").read_text()).get("vocab_size", 0))
+    if layout.splade is not None:
+        return {"sparse": vocab}
+    if not layout.m3_heads:
+        return {}
+    _head_linear(folder / "sparse_linear.pt", where, hidden, 1)
+    colbert = _head_linear(folder / "colbert_linear.pt", where, hidden, None)
+    return {"dense": hidden, "sparse": vocab, "multivector": colbert.out_features}
+
+
 def max_by_token(token_ids: np.ndarray, weights: np.ndarray, dropped: frozenset[int]) -> SparseVector:
     """The largest positive weight of each distinct token id, dropped ids left out; ids ascending."""
     keep = (weights > 0) & ~np.isin(token_ids, list(dropped))

@@ -217,3 +217,39 @@ def test_pooling_splade_on_a_plain_masked_lm_folder(splade, tmp_path):
     layout = read_layout(tmp_path / "plain", dataclasses.replace(model.config, pooling="splade"))
     assert layout.splade == SpladeHead() and layout.outputs == ("sparse",)
     assert read_layout(tmp_path / "plain", model.config).splade is None
+
+
+def test_a_profile_asking_an_output_the_model_lacks_stops_the_load(splade):
+    from server.config import Profile
+
+    folder, _, model, _, _ = splade
+    config = dataclasses.replace(model.config, adapters=AdapterOptions(), profiles=MappingProxyType(
+        {"colbert": Profile(name="colbert", output_types=("multivector",))}))
+    with pytest.raises(ConfigError, match="profiles.colbert.output_types.*it produces: 'sparse'"):
+        loaded_model(config)
+
+
+def test_the_dry_run_reads_outputs_and_checks_heads_and_profiles(m3, tmp_path):
+    """`launch.py check` (the dry-run backend) reports the outputs and refuses what a load would refuse."""
+    import shutil
+
+    import torch
+
+    from server.build import load_model
+    from server.config import Profile, ServerSettings
+
+    folder, _, model = m3
+    config = dataclasses.replace(model.config, adapters=AdapterOptions(), profiles=MappingProxyType(
+        {"colbert": Profile(name="colbert", output_types=("multivector",))}))
+    checked = asyncio.run(load_model(config, ServerSettings(), backend="dry-run"))
+    assert checked.backend.info.output_dims() == model.output_dims()
+    shutil.copytree(folder, tmp_path / "m")
+    torch.save({"weight": torch.zeros(3, 32), "bias": torch.zeros(3)}, tmp_path / "m" / "sparse_linear.pt")
+    with pytest.raises(ConfigError, match="sparse_linear.pt must hold"):
+        asyncio.run(load_model(dataclasses.replace(config, model_path=str(tmp_path / "m")), ServerSettings(),
+                               backend="dry-run"))
+    dense_only = dataclasses.replace(config, model_path=str(tmp_path / "m"))
+    for name in ("sparse_linear.pt", "colbert_linear.pt"):
+        (tmp_path / "m" / name).unlink()
+    with pytest.raises(ConfigError, match="profiles.colbert.output_types.*it produces: 'dense'"):
+        asyncio.run(load_model(dense_only, ServerSettings(), backend="dry-run"))

@@ -41,7 +41,8 @@ def commands(code: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo(demo_dirs):
-    with launched_demo() as url:
+    """Both demos on one server, as the README's sparse and multivector section serves them."""
+    with launched_demo("--config", str(REPO / "model_configs" / "m3-tiny-demo.yaml")) as url:
         yield int(url.rsplit(":", 1)[1])
 
 

@@ -159,3 +159,26 @@ def test_stop_fails_waiting_rows_with_503():
 
     (error,) = run(scenario())
     assert isinstance(error, errors.ShuttingDown) and from_domain(error).status == 503
+
+
+def test_rows_asking_different_outputs_share_a_batch():
+    """Each row carries its request's output types; a batch of dense-only rows carries none (`embed`)."""
+    async def scenario():
+        recorder = Recorder()
+        batcher = Batcher(recorder, limits(max_batch_wait_ms=50))
+        batcher.start()
+        futures = batcher.submit([[1, 0]], "a", frozenset({"dense"}))
+        futures += batcher.submit([[2, 0]], "b", frozenset({"sparse", "multivector"}))
+        await asyncio.gather(*futures)
+        futures = batcher.submit([[3, 0], [4, 0]], None)
+        await asyncio.gather(*futures)
+        await batcher.stop()
+        return recorder
+
+    recorder = run(scenario())
+    mixed, dense_only = recorder.batches
+    assert mixed.slots == ["a", "b"]
+    assert mixed.outputs == [frozenset({"dense"}), frozenset({"sparse", "multivector"})]
+    assert dense_only.outputs is None
+    first, second = mixed.split(1)
+    assert first.outputs == [frozenset({"dense"})] and second.outputs == [frozenset({"sparse", "multivector"})]

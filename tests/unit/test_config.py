@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server.config import ConfigError, load_model_config, load_server_settings
@@ -92,3 +94,10 @@ def test_engine_unknown_key_and_bad_value(tmp_path):
         load_server_settings(write(tmp_path, "max_batch_tokenz: 1\n", "engine.yaml"), env={})
     with pytest.raises(ConfigError, match="SIE_MAX_BATCH_TOKENS"):
         load_server_settings(env={"SIE_MAX_BATCH_TOKENS": "lots"})
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "model_configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_model_config_is_valid(path):
+    config = load_model_config(path)
+    assert config.name and config.model_path

@@ -51,13 +51,42 @@ def test_lora_alias(demo_config):
     ({"options": {"dims": True}}, "options.dims must be an integer"),
     ({"options": {"overflow_policy": "drop"}}, "overflow_policy"),
     ({"options": {"lora_id": ""}}, "must not be empty"),
-    ({"options": None, "output_types": ["sparse"]}, "unsupported output type 'sparse'"),
+    ({"options": None, "output_types": ["colbert"]}, "unsupported output type 'colbert'"),
+    ({"options": {"output_types": []}}, "options.output_types must name at least one"),
     ({"options": None, "output_dtype": "int4"}, "unsupported output_dtype 'int4'"),
 ])
 def test_invalid_options(demo_config, kwargs, message):
     with pytest.raises(ApiError, match=message) as info:
         resolve_options(demo_config, **kwargs)
     assert info.value.status == 400 and info.value.code == "INVALID_INPUT"
+
+
+def test_output_types_resolve_options_then_profile_then_params(demo_config):
+    import dataclasses
+
+    from server.config import Profile
+
+    config = dataclasses.replace(demo_config, profiles={
+        **demo_config.profiles, "hybrid": Profile(name="hybrid", output_types=("dense", "sparse"))})
+    assert resolve_options(config).output_types == ("dense",)
+    assert resolve_options(config, output_types=["multivector", "dense", "multivector"]).output_types == (
+        "multivector", "dense")
+    assert resolve_options(config, options={"profile": "hybrid"}, output_types=["multivector"]).output_types == (
+        "dense", "sparse")
+    chosen = resolve_options(config, options={"profile": "hybrid", "output_types": ["sparse"]},
+                             output_types=["multivector"])
+    assert chosen.output_types == ("sparse",)
+
+
+def test_profile_output_types_are_checked_in_the_yaml(tmp_path):
+    from server.config import ConfigError, model_config_from_dict
+
+    base = {"name": "m", "model_path": "x"}
+    good = model_config_from_dict({**base, "profiles": {"p": {"output_types": ["sparse", "dense"]}}})
+    assert good.profiles["p"].output_types == ("sparse", "dense")
+    for bad in ([], ["bm25"], "dense"):
+        with pytest.raises(ConfigError, match="output_types must be a non-empty list"):
+            model_config_from_dict({**base, "profiles": {"p": {"output_types": bad}}})
 
 
 def test_dims_range():
