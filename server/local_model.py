@@ -13,7 +13,7 @@ from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
 from server.adapters.stats import LOAD_BUCKETS
-from server.answers import answer_bytes, finish_rows
+from server.answers import AnswerBudget, answer_bytes, finish_rows
 from server.backends.base import Backend, TokenBatch
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
@@ -54,7 +54,7 @@ class LocalModel:
         self._loader = DaemonExecutor(f"load-{config.name}")  # a stop during loading abandons, never waits
         self.phase: str | None = None  # what loading is doing now (logged if a stop interrupts it)
         self.abandoned = False  # stopped before loading finished: its worker threads are left to the exit
-        self.pending_answer_bytes = 0  # answers accepted and not yet sent (max_pending_response_bytes)
+        self.answers = AnswerBudget(settings.max_response_bytes, settings.max_pending_response_bytes)
 
     @property
     def name(self) -> str:
@@ -211,19 +211,6 @@ class LocalModel:
         cap = self.tokenizer.max_tokens(limit)
         return clipped, sum(min(len(t.encode("utf-8")) + 2, cap) for t in clipped)
 
-    def _admit_answer(self, token_counts: list[int], options: EncodeOptions) -> int:
-        """Count the answer's bytes against the response limit (400) and the answers pending (503)."""
-        size = answer_bytes(token_counts, options.output_types, self.output_dims())
-        limit = self.settings.max_response_bytes
-        if size > limit:
-            raise errors.InvalidInput(f"the answer would take up to {size / 2**20:.1f} MiB, over the limit of "
-                                      f"{limit / 2**20:.1f} MiB (max_response_bytes); a multivector is tokens x "
-                                      "dim floats per item: send fewer or shorter items", field="items")
-        if self.pending_answer_bytes + size > self.settings.max_pending_response_bytes:
-            raise errors.QueueFull(f"answers pending take {self.pending_answer_bytes / 2**20:.1f} MiB (limit "
-                                   f"{self.settings.max_pending_response_bytes / 2**20:.1f} MiB)")
-        return size
-
     async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
         t0 = time.perf_counter()
         # Short inputs are prepared faster than a thread hop costs; long ones must not block the event loop.
@@ -234,16 +221,13 @@ class LocalModel:
         tokenize = functools.partial(self.tokenizer.tokenize, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
-        size = self._admit_answer([len(ids) for ids in tokenized.input_ids], options)
+        size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, self.output_dims())
         t1 = time.perf_counter()
-        self.pending_answer_bytes += size
-        try:
+        with self.answers.held(size):
             rows = await self._run_rows(tokenized.input_ids, slot, frozenset(options.output_types))
             t2 = time.perf_counter()
             answers = finish_rows([row.vector for row in rows], options, dims=options.dims or self.config.dims,
                                   normalize=self.config.normalize)
-        finally:
-            self.pending_answer_bytes -= size
         t3 = time.perf_counter()
         inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
         return EncodeResult(vectors=answers.dense, dims=options.dims or self.dims, input_tokens=tokenized.token_count,

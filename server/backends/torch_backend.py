@@ -23,7 +23,7 @@ from server.backends.hf_model import (
     linear_targets,
     load_encoder,
     pad_rows,
-    pooled_forward,
+    pool,
     prepared_causal_mask,
     shapes_of,
 )
@@ -186,44 +186,46 @@ class TorchBackend(Backend):
             raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
         return slots
 
+    def _static_slots(self, slots: list[int]) -> torch.Tensor:
+        return torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
+
+    def _hidden(self, batch: TokenBatch, slots: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor,
+                                                                     torch.Tensor]:
+        """One forward to the last hidden states: (the batch rows in the order computed, their padded ids,
+        lengths, hidden states). The static path keeps the row order; the eager one sorts rows by slot."""
+        if self._static is not None:
+            input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
+            hidden = self._static.hidden(input_ids, lengths, self._static_slots(slots))
+            return list(range(len(slots))), input_ids, lengths, hidden
+        order = sorted(range(len(slots)), key=slots.__getitem__)
+        input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
+        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
+        try:
+            return order, input_ids, lengths, hidden_states(self.model, input_ids, lengths, self.layout,
+                                                            self._causal_mask)
+        finally:
+            self._plan.clear()
+
     @torch.inference_mode()
     def _forward(self, batch: TokenBatch) -> np.ndarray:
-        """Group rows by adapter slot, one forward, pool, restore order."""
+        """Pooled vectors in row order: the static path's compiled (or graphed) forward, else eager."""
         slots = self._row_slots(batch)
         if self._static is not None:
             self._static.ensure_warm()
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
             return self._static(input_ids, lengths, self._static_slots(slots)).float().cpu().numpy()
-        order = sorted(range(len(slots)), key=slots.__getitem__)
-        input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
-        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
-        try:
-            pooled = pooled_forward(self.model, input_ids, lengths, self.layout, self._causal_mask).float()
-        finally:
-            self._plan.clear()
+        order, _, lengths, hidden = self._hidden(batch, slots)
+        pooled = pool(hidden, lengths, self.layout.pooling).float()
         result = torch.empty_like(pooled)
         result[torch.tensor(order, device=pooled.device)] = pooled
         return result.cpu().numpy()
-
-    def _static_slots(self, slots: list[int]) -> torch.Tensor:
-        return torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
 
     @torch.inference_mode()
     def _forward_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
         """One forward to the hidden states (eager: the outputs vary per row), then each row's outputs."""
         slots = self._row_slots(batch)
         wanted = batch.outputs or [frozenset({"dense"})] * len(slots)
-        if self._static is not None:
-            input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
-            hidden = self._static.hidden(input_ids, lengths, self._static_slots(slots))
-            return row_outputs(self.heads, self.layout, hidden, lengths, input_ids, wanted)
-        order = sorted(range(len(slots)), key=slots.__getitem__)
-        input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
-        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
-        try:
-            hidden = hidden_states(self.model, input_ids, lengths, self.layout, self._causal_mask)
-        finally:
-            self._plan.clear()
+        order, input_ids, lengths, hidden = self._hidden(batch, slots)
         outputs = row_outputs(self.heads, self.layout, hidden, lengths, input_ids, [wanted[i] for i in order])
         result: list[RowOutputs] = [RowOutputs()] * len(order)
         for position, row in enumerate(order):

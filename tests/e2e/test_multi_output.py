@@ -174,13 +174,13 @@ def test_pending_answers_past_the_bound_are_503(m3_config):
     with LiveServer(app) as live:
         wait_ready(live.url)
         body = {"items": [{"text": " ".join(TEXTS * 20)}], "params": {"output_types": ["multivector"]}}
-        model.pending_answer_bytes = 30 * 1024  # as if an answer of 30 KiB were still being made
+        model.answers.pending = 30 * 1024  # as if an answer of 30 KiB were still being made
         response = post(live.url, M3, body)
         assert response.status_code == 503 and response.headers.get("Retry-After")
         assert response.json()["detail"]["code"] == "QUEUE_FULL"
-        model.pending_answer_bytes = 0
+        model.answers.pending = 0
         assert post(live.url, M3, body).status_code == 200
-        assert model.pending_answer_bytes == 0
+        assert model.answers.pending == 0
 
 
 def test_sparse_only_model_on_openai_is_400_with_the_reason(tmp_path):
