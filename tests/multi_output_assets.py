@@ -29,6 +29,22 @@ def build_m3(folder: Path) -> Path:
     return folder
 
 
+def m3_with_adapters(root: Path, max_seq_len: int):
+    """m3-tiny under `root` with two PEFT adapters (q/k/v, and q/v + the dense linears) and a config that
+    preloads them: (folder, {adapter: folder}, ModelConfig)."""
+    from types import MappingProxyType
+
+    from server.config import AdapterOptions, ModelConfig
+
+    folder = build_m3(root / "model")
+    adapters = {"qkv": build_lora(folder, root / "qkv", ["query", "key", "value"], seed=5),
+                "qv-dense": build_lora(folder, root / "qv-dense", ["query", "value", "dense"], seed=6)}
+    config = ModelConfig(name="test/m3-tiny", model_path=str(folder), backend="torch", dtype="float32",
+                         max_seq_len=max_seq_len, min_dims=8, adapters=AdapterOptions(
+                             lora_paths=MappingProxyType({k: str(v) for k, v in adapters.items()})))
+    return folder, adapters, config
+
+
 def build_splade(folder: Path, *, pooling: str = "max", activation: str = "relu", seed: int = 0) -> Path:
     from transformers import BertConfig, BertForMaskedLM
 

@@ -19,9 +19,9 @@ from tests.conftest import loaded_model
 from tests.multi_output_assets import (
     as_dict,
     build_lora,
-    build_m3,
     build_splade,
     m3_reference,
+    m3_with_adapters,
     merged,
     sparse_diff,
     splade_reference,
@@ -37,12 +37,7 @@ MAX_LEN = 64
 @pytest.fixture(scope="module")
 def m3(tmp_path_factory):
     root = tmp_path_factory.mktemp("m3")
-    folder = build_m3(root / "model")
-    adapters = {"qkv": build_lora(folder, root / "qkv", ["query", "key", "value"], seed=5),
-                "qv-dense": build_lora(folder, root / "qv-dense", ["query", "value", "dense"], seed=6)}
-    config = ModelConfig(name="test/m3-tiny", model_path=str(folder), backend="torch", dtype="float32",
-                         max_seq_len=MAX_LEN, min_dims=8, adapters=AdapterOptions(
-                             lora_paths=MappingProxyType({k: str(v) for k, v in adapters.items()})))
+    folder, adapters, config = m3_with_adapters(root, MAX_LEN)
     model = loaded_model(config)
     yield folder, adapters, model
     asyncio.run(model.backend.close())

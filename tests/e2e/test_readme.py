@@ -41,8 +41,14 @@ def commands(code: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def demo(demo_dirs):
-    """Both demos on one server, as the README's sparse and multivector section serves them."""
-    with launched_demo("--config", str(REPO / "model_configs" / "m3-tiny-demo.yaml")) as url:
+    """Both demos on one server, as the README's sparse and multivector section serves them (their assets
+    built here first, so the server only loads them)."""
+    from server.demo_assets import ensure_builtin
+    from server.demo_m3 import M3_ADAPTERS, M3_NAME
+
+    for source in (M3_NAME, *(f"{M3_NAME}/{name}" for name in M3_ADAPTERS)):
+        ensure_builtin(f"builtin:{source}")
+    with launched_demo("--config", str(REPO / "model_configs" / "m3-tiny-demo.yaml"), timeout=300) as url:
         yield int(url.rsplit(":", 1)[1])
 
 

@@ -2,7 +2,7 @@
 classes on the same folders. bge-m3's three outputs against FlagEmbedding's `BGEM3FlagModel` (each
 adapter merged into a copy of the folder by PEFT) in one mixed batch of adapters; SPLADE against
 sentence-transformers' `SparseEncoder`; SIE's qdrant integration (`SIENamedVectorizer`, its default dense +
-sparse) end to end into qdrant-client's in-memory store."""
+sparse) end to end into qdrant-client's in-memory store, and SIE's LangChain sparse encoder."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 from server.backends.base import TokenBatch
 from server.config import AdapterOptions, ModelConfig, load_model_config
 from tests.conftest import REPO, LiveServer, build_app, loaded_model, wait_ready
-from tests.multi_output_assets import as_dict, build_lora, build_m3, build_splade, merged, sparse_diff
+from tests.multi_output_assets import as_dict, build_lora, build_splade, m3_with_adapters, merged, sparse_diff
 
 pytestmark = pytest.mark.multioutput
 TEXTS = ["the court held that the statute of limitations had expired", "aspirin",
@@ -38,12 +38,7 @@ def merged_folder(folder: Path, adapter: Path | None, out: Path, *, masked_lm: b
 @pytest.fixture(scope="module")
 def m3(tmp_path_factory):
     root = tmp_path_factory.mktemp("m3")
-    folder = build_m3(root / "model")
-    adapters = {"qkv": build_lora(folder, root / "qkv", ["query", "key", "value"], seed=5),
-                "qv-dense": build_lora(folder, root / "qv-dense", ["query", "value", "dense"], seed=6)}
-    config = ModelConfig(name="test/m3-tiny", model_path=str(folder), backend="torch", dtype="float32",
-                         max_seq_len=MAX_LEN, adapters=AdapterOptions(
-                             lora_paths=MappingProxyType({k: str(v) for k, v in adapters.items()})))
+    folder, adapters, config = m3_with_adapters(root, MAX_LEN)
     model = loaded_model(config)
     yield root, folder, adapters, model
     asyncio.run(model.backend.close())
@@ -157,3 +152,24 @@ def test_sie_qdrant_named_vectorizer_default_case(tmp_path):
                                       limit=3).points
     assert dense_hits[0].id == 1 and dense_hits[0].score > 0.999
     assert sparse_hits and sparse_hits[0].id == 1
+
+
+def test_sie_langchain_sparse_encoder_and_embeddings():
+    """SIE's LangChain integration: `SIESparseEncoder` (the hybrid retrievers' sparse half) and `SIEEmbeddings`
+    against the m3 demo, each as SIE's docs use it."""
+    from sie_langchain import SIEEmbeddings, SIESparseEncoder
+
+    config = load_model_config(REPO / "model_configs" / "m3-tiny-demo.yaml")
+    app, model = build_app(config)
+    texts = ["aspirin dosage for children", "the court held"]
+    with LiveServer(app) as live:
+        wait_ready(live.url)
+        sparse = SIESparseEncoder(base_url=live.url, model=config.name)
+        documents, queries = sparse.encode_documents(texts), sparse.encode_queries(texts)
+        dense = SIEEmbeddings(base_url=live.url, model=config.name).embed_documents(texts)
+        expected = [as_dict(row.sparse) for row in model.backend.embed_outputs_sync(TokenBatch(
+            model.tokenizer.tokenize(texts).input_ids, [None, None], [frozenset({"sparse"})] * 2))]
+    for got, query, reference in zip(documents, queries, expected):
+        assert sparse_diff(dict(zip(got["indices"], got["values"])), reference) <= 1e-5
+        assert query["indices"] == got["indices"]  # no query template here: queries embed as documents
+    assert len(dense) == 2 and len(dense[0]) == 32

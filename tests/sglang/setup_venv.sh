@@ -3,18 +3,8 @@
 # CPU torch, this project, sglang 0.5.23 without its GPU dependencies, and the LoRA pin_memory patch.
 # The GPU-only modules sgl_kernel and torchvision are stubbed by tests/sglang/stubs/sitecustomize.py,
 # which only this tier puts on PYTHONPATH. Nothing in server/ depends on any of this.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
 VENV=.venv-sglang
-STAMP=$VENV/.installed-sglang
-if [ -f "$STAMP" ] && [ "$STAMP" -nt pyproject.toml ] && [ "$STAMP" -nt "$0" ]; then
-  exit 0
-fi
-python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q --upgrade pip
-"$VENV/bin/pip" install -q torch==2.13.0
-"$VENV/bin/pip" install -q -e '.[test]'
-"$VENV/bin/pip" install -q --ignore-requires-python sie-sdk
+source "$(dirname "$0")/../tier_venv.sh"
 "$VENV/bin/pip" install -q orjson pybase64 requests triton==3.9.0 msgspec pyzmq ipython dill apache-tvm-ffi==0.1.11 \
   sentencepiece==0.2.1 compressed-tensors==0.18.0 gguf uvloop openai==2.8.0 partial-json-parser setproctitle \
   einops xgrammar==0.2.7 jsonschema soundfile python-multipart prometheus-client pillow aiohttp psutil
@@ -23,4 +13,4 @@ SITE=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['pur
 # Pinned host memory needs CUDA; on a CPU the LoRA buffers must be allocated without it.
 sed -i 's/pin_memory=True/pin_memory=torch.cuda.is_available()/g' "$SITE"/sglang/srt/lora/layers.py \
   "$SITE"/sglang/srt/lora/backend/*.py
-touch "$STAMP"
+tier_venv_done
