@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from server.backends import check_fits, create_backend, pick_device, resolve_backend_kind
+from server.backends.hf_model import import_transformers
 from server.config import ConfigError, ModelConfig, ServerSettings, adapters_on_demand
 from server.local_model import OPERATOR_ERRORS, LocalModel
 
@@ -18,6 +19,7 @@ def build_model(config: ModelConfig, settings: ServerSettings, *, backend: str |
     device = pick_device(settings.device)
     kind = "dry-run" if dry_run else resolve_backend_kind(backend or config.backend, device, config)
     log.info("model %s: backend %s on %s", config.name, kind, device)
+    import_transformers()  # before any model's loading thread touches it
     return LocalModel(config, settings, create_backend(kind, config, settings, device))
 
 
@@ -59,12 +61,15 @@ def _describe(config: ModelConfig, model: LocalModel, kind: str, infos: dict) ->
     preloaded = config.adapters.preloaded
     token = f" on token id {model.tokenizer.eos_id}" if model.tokenizer.eos_id is not None else ""
     lines = [f"model {config.name} ({kind}): {model.backend.info.description}, "
-             f"{'encoder' if layout.encoder else 'decoder'}, {layout.pooling} pooling{token}"]
+             f"{'encoder' if layout.encoder else 'decoder'}, {layout.pooling} pooling{token}, "
+             f"outputs {', '.join(f'{output} {size}' for output, size in model.output_dims().items())}"]
     for name, info in infos.items():
         lines.append(f"  adapter {name}{'' if name in preloaded else ' (on demand)'}: rank {info.rank}, "
                      f"targets {','.join(info.target_modules)}, {info.nbytes / 1024:.0f} KiB from {info.source}")
     for profile in config.profiles.values():
-        lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}")
+        outputs = f" output_types={','.join(profile.output_types)}" if profile.output_types else ""
+        lines.append(f"  profile {profile.name}: lora_id={profile.lora_id} instruction={profile.instruction!r}"
+                     + outputs)
     return lines
 
 

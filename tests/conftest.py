@@ -173,15 +173,21 @@ def launched_demo(*args: str, log=None, env=None, timeout: float = 120.0):
     import sys
 
     port = free_port()
-    process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port), *args],
-                               cwd=REPO, stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, timeout=timeout, process=process)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+    with tempfile.TemporaryFile() as own_log:  # read back if the server never gets ready
+        process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
+                                    *args], cwd=REPO, stdout=log or own_log, stderr=subprocess.STDOUT, env=env)
+        try:
+            try:
+                wait_ready(url, timeout=timeout, process=process)
+            except RuntimeError as exc:
+                own_log.seek(0)
+                tail = own_log.read()[-3000:].decode(errors="replace")
+                raise RuntimeError(f"{exc}; the server's log ends:\n{tail}") from None
+            yield url
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=30)
 
 
 def wait_ready(url: str, timeout: float = 60.0, process=None) -> None:

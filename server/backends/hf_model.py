@@ -15,6 +15,16 @@ from server.model_layout import ModelLayout
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
+def import_transformers() -> None:
+    """Resolve transformers' lazy names once, on the calling thread. Models load in worker threads of their
+    own; two first touching the lazy module at once can fail (`cannot import name 'AutoTokenizer' from
+    'transformers'`), so the server resolves them before any load starts."""
+    import transformers
+
+    for name in ("AutoConfig", "AutoModel", "AutoModelForMaskedLM", "AutoTokenizer"):
+        getattr(transformers, name)
+
+
 def linear_targets(model: nn.Module, allowed: tuple[str, ...] | None) -> dict[str, nn.Linear]:
     """The Linear layers LoRA may wrap: every Linear (or those whose leaf name is in `allowed`)."""
     return {name: module for name, module in model.named_modules()
