@@ -189,7 +189,8 @@ class LocalModel:
         if self.state is not ModelState.READY:
             self.status().require_ready()
         check_outputs(options.output_types, tuple(self.backend.info.output_dims()), self.name)
-        check_dims(options.dims, self.dims, self.config.min_dims)
+        if "dense" in options.output_types:  # Matryoshka dims apply to dense vectors only
+            check_dims(options.dims, self.dims, self.config.min_dims)
         if len(texts) > self.settings.max_items_per_request:
             raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
                                       f"{self.settings.max_items_per_request} items per request", field="items")

@@ -248,3 +248,10 @@ def test_the_dry_run_reads_outputs_and_checks_heads_and_profiles(m3, tmp_path):
         (tmp_path / "m" / name).unlink()
     with pytest.raises(ConfigError, match="profiles.colbert.output_types.*it produces: 'dense'"):
         asyncio.run(load_model(dense_only, ServerSettings(), backend="dry-run"))
+
+
+def test_dims_apply_to_dense_only(splade):
+    """A sparse-only request may carry `dims` (an SDK default, say): it shapes dense vectors only."""
+    _, _, model, _, _ = splade
+    result = encode(model, ["the court held"], None, ("sparse",), dims=16)
+    assert result.vectors is None and len(result.sparse[0].indices) > 0
