@@ -74,3 +74,11 @@ def test_gpu_check_smoke(tmp_path):
     assert report["values"]["triton"]["big"]["overhead_all7_mixed8"] is not None
     assert report["values"]["torch"]["single"]["base_ms"] > 0 and report["values"]["serve"]["c1_i1"]["p50_ms"] > 0
     assert json.loads(out.read_text())["smoke"] is True
+
+
+def test_multi_output_smoke(tmp_path):
+    out = tmp_path / "multi.json"
+    report = load("multi_output").main(["--rows", "2", "--tokens", "8", "--hidden", "32", "--layers", "1",
+                                        "--heads", "4", "--vocab", "200", "--rounds", "1", "--json", str(out)])
+    assert report["m3"]["outputs"] == ["dense", "multivector", "sparse"] and report["splade"]["outputs"] == ["sparse"]
+    assert json.loads(out.read_text())["splade"]["all_outputs_ms"] > 0
