@@ -1,5 +1,6 @@
 """What sparse and multivector outputs cost on the torch backend: one batch run to pooled vectors only
-(`embed`) and to every output (`embed_outputs`), in the same process, medians of several rounds. Two random encoders: an
+(`embed`) and to every output (`embed_outputs`), in the same process, paired in each round (order rotated),
+medians of the rounds. Two random encoders: an
 XLM-R with bge-m3's two heads, and a BERT masked-LM served as SPLADE (its head makes vocabulary logits).
 
     .venv/bin/python benchmarks/multi_output.py [--rows 32 --tokens 128 --vocab 30522] [--json out.json]
@@ -50,14 +51,19 @@ def backend_for(folder: Path, kind: str, args):
     return backend
 
 
-def median_ms(run, rounds: int) -> float:
-    run()  # warm
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+def paired(first, second, rounds: int) -> dict:
+    """Both variants in each round (the order rotated), then medians: each one's ms and the per-round ratio."""
+    first(), second()  # warm
+    times: dict[str, list[float]] = {"first": [], "second": []}
+    for round_index in range(rounds):
+        order = [("first", first), ("second", second)]
+        for name, run in order if round_index % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - started) * 1e3)
+    ratios = [b / a for a, b in zip(times["first"], times["second"])]
+    return {"pooled_forward_ms": statistics.median(times["first"]),
+            "all_outputs_ms": statistics.median(times["second"]), "ratio": statistics.median(ratios)}
 
 
 def measure(kind: str, args) -> dict:
@@ -75,11 +81,9 @@ def measure(kind: str, args) -> dict:
         every = frozenset(backend.layout.outputs)
         dense = TokenBatch(rows, [None] * args.rows)
         outputs = TokenBatch(rows, [None] * args.rows, [every] * args.rows)
-        cell = {"outputs": sorted(every),
-                "pooled_forward_ms": median_ms(lambda: backend.embed_sync(dense), args.rounds),
-                "all_outputs_ms": median_ms(lambda: backend.embed_outputs_sync(outputs), args.rounds)}
+        cell = {"outputs": sorted(every), **paired(lambda: backend.embed_sync(dense),
+                                                   lambda: backend.embed_outputs_sync(outputs), args.rounds)}
         asyncio.run(backend.close())
-    cell["ratio"] = cell["all_outputs_ms"] / cell["pooled_forward_ms"]
     return cell
 
 
