@@ -128,27 +128,31 @@ def _nonzero(pooled: np.ndarray) -> SparseVector:
     return SparseVector(indices.astype(np.int32), pooled[indices].astype(np.float32))
 
 
+def _activated(logits: torch.Tensor, activation: str) -> torch.Tensor:
+    scores = torch.log1p(torch.relu(logits))
+    return torch.log1p(scores) if activation == "log1p_relu" else scores
+
+
 def splade_pooled(heads: OutputHeads, hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """[rows, vocab] SPLADE weights: log(1 + relu(logits)) (twice log1p for `log1p_relu`), max- or sum-pooled
-    over each row's tokens, with the logits made a chunk of rows and tokens at a time."""
+    over each row's tokens, with the logits made a chunk of rows and tokens at a time. The activation only
+    grows with the logit, so max pooling takes the largest logit and activates that alone."""
     rows, longest = hidden.shape[:2]
     tokens = max(1, min(longest, SPLADE_CHUNK_ELEMENTS // heads.vocab_size))
     per_chunk = max(1, SPLADE_CHUNK_ELEMENTS // (tokens * heads.vocab_size))
     positions = torch.arange(longest, device=hidden.device)
-    pooled = torch.zeros(rows, heads.vocab_size, device=hidden.device)
+    use_max = heads.splade.pooling == "max"
+    pooled = torch.full((rows, heads.vocab_size), -torch.inf if use_max else 0.0, device=hidden.device)
     for first in range(0, rows, per_chunk):
         part = slice(first, first + per_chunk)
         for start in range(0, longest, tokens):
-            scores = torch.log1p(torch.relu(heads.mlm(hidden[part, start:start + tokens]).float()))
-            if heads.splade.activation == "log1p_relu":
-                scores = torch.log1p(scores)
-            mask = positions[None, start:start + tokens] < lengths[part, None]
-            scores = scores * mask[..., None]
-            if heads.splade.pooling == "max":
-                pooled[part] = torch.maximum(pooled[part], scores.amax(dim=1))
+            logits = heads.mlm(hidden[part, start:start + tokens]).float()
+            mask = (positions[None, start:start + tokens] < lengths[part, None])[..., None]
+            if use_max:
+                pooled[part] = torch.maximum(pooled[part], logits.masked_fill(~mask, -torch.inf).amax(dim=1))
             else:
-                pooled[part] += scores.sum(dim=1)
-    return pooled
+                pooled[part] += (_activated(logits, heads.splade.activation) * mask).sum(dim=1)
+    return _activated(pooled, heads.splade.activation) if use_max else pooled
 
 
 def row_outputs(heads: OutputHeads, layout: ModelLayout, hidden: torch.Tensor, lengths: torch.Tensor,
