@@ -5,7 +5,6 @@ the model list's outputs and dims, the OpenAI route staying dense, and the answe
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from types import MappingProxyType
 
 import httpx
@@ -209,7 +208,7 @@ def test_sparse_only_model_on_openai_is_400_with_the_reason(tmp_path):
 def test_concurrent_requests_of_different_outputs_and_adapters_share_batches(m3_config):
     """Requests asking for different outputs under different adapters are batched together and each gets
     what it asked for, equal to the same request sent alone."""
-    app, model = build_app(dataclasses.replace(m3_config), max_batch_wait_ms=200)
+    app, model = build_app(m3_config, max_batch_wait_ms=200)
     asks = [(None, ["dense"]), ("legal", ["sparse"]), ("medical", ALL), (None, ["multivector"]), ("legal", ALL)]
     with LiveServer(app) as live:
         wait_ready(live.url)
