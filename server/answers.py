@@ -65,16 +65,16 @@ class AnswerBudget:
 
 def finish_rows(rows: Sequence[RowOutputs | np.ndarray], options: EncodeOptions, *, dims: int | None,
                 normalize: bool) -> Answers:
-    """Post-process the rows of one request (ndarray rows: a dense-only batch)."""
+    """Post-process the rows of one request: ndarray rows came from a dense-only batch, RowOutputs from a batch
+    with `outputs` (always so when the request asks for sparse or multivector)."""
     wanted = options.output_types
-    outputs = [row if isinstance(row, RowOutputs) else RowOutputs(dense=row) for row in rows]
     dense = None
     if "dense" in wanted:
-        dense = finish(np.stack([row.dense for row in outputs]), dims=dims, normalize=normalize,
-                       output_dtype=options.output_dtype)
+        vectors = [row.dense if isinstance(row, RowOutputs) else row for row in rows]
+        dense = finish(np.stack(vectors), dims=dims, normalize=normalize, output_dtype=options.output_dtype)
     multivector = None
     if "multivector" in wanted:
         multivector = tuple(finish(row.multivector, dims=None, normalize=normalize, output_dtype=options.output_dtype)
-                            for row in outputs)
-    sparse = tuple(row.sparse for row in outputs) if "sparse" in wanted else None
+                            for row in rows)
+    sparse = tuple(row.sparse for row in rows) if "sparse" in wanted else None
     return Answers(dense=dense, sparse=sparse, multivector=multivector)

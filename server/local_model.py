@@ -167,8 +167,8 @@ class LocalModel:
 
     def status(self) -> ModelStatus:
         failure = self.failure
-        loaded = self.backend.info.hidden_size > 0
-        return ModelStatus(name=self.name, state=self.state, dims=self.dims if loaded else self.config.dims or 0,
+        loaded = self.backend.info.hidden_size > 0  # before that, the outputs are not known yet
+        return ModelStatus(name=self.name, state=self.state, dims=self.dims,
                            outputs=self.output_dims() if loaded else {},
                            failure=f"{type(failure).__name__}: {failure}" if failure else None,
                            config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats())
@@ -222,7 +222,8 @@ class LocalModel:
         tokenize = functools.partial(self.tokenizer.tokenize, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
-        size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, self.output_dims())
+        sizes = self.output_dims()
+        size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, sizes)
         t1 = time.perf_counter()
         with self.answers.held(size):
             rows = await self._run_rows(tokenized.input_ids, slot, frozenset(options.output_types))
@@ -235,7 +236,7 @@ class LocalModel:
                             tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
                             inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
                             truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut),
-                            sparse=answers.sparse, multivector=answers.multivector, output_dims=self.output_dims())
+                            sparse=answers.sparse, multivector=answers.multivector, output_dims=sizes)
 
     async def _run_rows(self, input_ids: list[list[int]], slot: int | None, outputs: frozenset[str]) -> list:
         futures = self.batcher.submit(input_ids, slot, outputs)

@@ -70,9 +70,9 @@ def _st_modules(folder: Path, where: str) -> dict[str, Path]:
     return found
 
 
-def sentence_transformers_pooling(folder: Path, where: str) -> str | None:
-    """The pooling a sentence-transformers folder declares, or None when the folder is not one."""
-    pooling = _st_modules(folder, where).get("Pooling")
+def sentence_transformers_pooling(modules: dict[str, Path], where: str) -> str | None:
+    """The pooling a sentence-transformers folder's `modules` (`_st_modules`) declare, or None."""
+    pooling = modules.get("Pooling")
     pooling_path = pooling / "config.json" if pooling is not None else None
     if pooling_path is None or not pooling_path.is_file():
         return None
@@ -86,10 +86,10 @@ def sentence_transformers_pooling(folder: Path, where: str) -> str | None:
     return chosen[0]
 
 
-def splade_head(folder: Path, config: ModelConfig) -> SpladeHead | None:
-    """The SPLADE pooling of a sentence-transformers SparseEncoder folder (or `pooling: splade`)."""
+def splade_head(modules: dict[str, Path], config: ModelConfig) -> SpladeHead | None:
+    """The SPLADE pooling a sentence-transformers SparseEncoder folder's `modules` declare (or `pooling: splade`)."""
     where = config.source_file
-    module = _st_modules(folder, where).get("SpladePooling")
+    module = modules.get("SpladePooling")
     if module is None:
         return SpladeHead() if config.pooling == "splade" else None
     settings = _read_json(module / "config.json", where) if (module / "config.json").is_file() else {}
@@ -118,12 +118,13 @@ def read_layout(folder: Path, config: ModelConfig) -> ModelLayout:
     hf_config = _read_json(folder / "config.json", where) if (folder / "config.json").is_file() else {}
     model_type = str(hf_config.get("model_type", ""))
     encoder = model_type in ENCODER_TYPES and not hf_config.get("is_decoder", False)
-    splade = splade_head(folder, config)
+    modules = _st_modules(folder, where)
+    splade = splade_head(modules, config)
     pooling = config.pooling
     if splade is not None:
         pooling = "cls"  # unused: a SPLADE model gives no dense vector
     elif pooling == "auto":
-        pooling = sentence_transformers_pooling(folder, where) or ("cls" if encoder else "last")
+        pooling = sentence_transformers_pooling(modules, where) or ("cls" if encoder else "last")
     positions = hf_config.get("max_position_embeddings")
     pad = hf_config.get("pad_token_id")
     if positions is not None and model_type in PADDING_OFFSET_TYPES:

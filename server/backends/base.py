@@ -35,9 +35,9 @@ class TokenBatch:
             raise ValueError("input_ids, slots and outputs must have one entry per row")
 
     def split(self, at: int) -> tuple[TokenBatch, TokenBatch]:
-        outputs = self.outputs or None
-        return (TokenBatch(self.input_ids[:at], self.slots[:at], outputs[:at] if outputs else None),
-                TokenBatch(self.input_ids[at:], self.slots[at:], outputs[at:] if outputs else None))
+        outputs = self.outputs
+        return (TokenBatch(self.input_ids[:at], self.slots[:at], None if outputs is None else outputs[:at]),
+                TokenBatch(self.input_ids[at:], self.slots[at:], None if outputs is None else outputs[at:]))
 
 
 @dataclass(frozen=True)

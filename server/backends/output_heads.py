@@ -4,8 +4,8 @@ every row shares them, and each row's outputs come from the one forward its batc
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +33,16 @@ class OutputHeads:
     splade: SpladeHead | None = None
     dropped_ids: frozenset[int] = frozenset()  # token ids bge-m3's sparse output never holds
     vocab_size: int = 0
+    sizes: Mapping[str, int] = field(default_factory=dict)  # `output_sizes` of the model ({}: dense only)
 
-    def sizes(self, hidden_size: int) -> dict[str, int]:
-        """Output type -> size, as `/v1/models` reports `dims`."""
-        if self.mlm is not None:
-            return {"sparse": self.vocab_size}
-        if self.colbert is None:
-            return {"dense": hidden_size}
-        return {"dense": hidden_size, "sparse": self.vocab_size, "multivector": self.colbert.out_features}
+
+def output_sizes(layout: ModelLayout, hidden: int, vocab: int, token_dims: int = 0) -> dict[str, int]:
+    """Output type -> size, as `/v1/models` reports `dims`; {} for a dense-only model (dense at `hidden`)."""
+    if layout.splade is not None:
+        return {"sparse": vocab}
+    if not layout.m3_heads:
+        return {}
+    return {"dense": hidden, "sparse": vocab, "multivector": token_dims}
 
 
 def _head_linear(path: Path, where: str, hidden: int, outputs: int | None) -> nn.Linear:
@@ -84,34 +86,35 @@ def _special_ids(folder: Path) -> frozenset[int]:
     return frozenset(int(i) for i in found if isinstance(i, int))
 
 
+def _m3_linears(folder: Path, where: str, hidden: int) -> tuple[nn.Linear, nn.Linear]:
+    """bge-m3's (colbert, sparse) heads, read and checked."""
+    return (_head_linear(folder / "colbert_linear.pt", where, hidden, None),
+            _head_linear(folder / "sparse_linear.pt", where, hidden, 1))
+
+
 def load_heads(folder: Path, layout: ModelLayout, model: nn.Module, *, where: str, dtype: torch.dtype,
                device: str) -> OutputHeads:
     """The heads `layout` says the folder has; `model` is the loaded transformer (the `*ForMaskedLM` for SPLADE)."""
-    vocab = int(model.config.vocab_size)
+    vocab, hidden = int(model.config.vocab_size), int(model.config.hidden_size)
     if layout.splade is not None:
-        return OutputHeads(mlm=masked_lm_head(model), splade=layout.splade, vocab_size=vocab)
+        return OutputHeads(mlm=masked_lm_head(model), splade=layout.splade, vocab_size=vocab,
+                           sizes=output_sizes(layout, hidden, vocab))
     if not layout.m3_heads:
         return OutputHeads()
-    hidden = int(model.config.hidden_size)
-    colbert = _head_linear(folder / "colbert_linear.pt", where, hidden, None)
-    sparse = _head_linear(folder / "sparse_linear.pt", where, hidden, 1)
+    colbert, sparse = _m3_linears(folder, where, hidden)
     return OutputHeads(colbert=colbert.to(device, dtype).eval(), sparse=sparse.to(device, dtype).eval(),
-                       dropped_ids=_special_ids(folder), vocab_size=vocab)
+                       dropped_ids=_special_ids(folder), vocab_size=vocab,
+                       sizes=output_sizes(layout, hidden, vocab, colbert.out_features))
 
 
 def declared_sizes(folder: Path, layout: ModelLayout, hidden: int, *, where: str) -> dict[str, int]:
-    """What `OutputHeads.sizes` will say, from config.json and the head files alone (no model built), the
-    head files checked as a load checks them; {} for a dense-only model."""
+    """What `load_heads` will say, from config.json and the head files alone (no model built), the head
+    files checked as a load checks them."""
     import json
 
     vocab = int(json.loads((folder / "config.json").read_text()).get("vocab_size", 0))
-    if layout.splade is not None:
-        return {"sparse": vocab}
-    if not layout.m3_heads:
-        return {}
-    _head_linear(folder / "sparse_linear.pt", where, hidden, 1)
-    colbert = _head_linear(folder / "colbert_linear.pt", where, hidden, None)
-    return {"dense": hidden, "sparse": vocab, "multivector": colbert.out_features}
+    token_dims = _m3_linears(folder, where, hidden)[0].out_features if layout.m3_heads else 0
+    return output_sizes(layout, hidden, vocab, token_dims)
 
 
 def max_by_token(token_ids: np.ndarray, weights: np.ndarray, dropped: frozenset[int]) -> SparseVector:
@@ -164,9 +167,9 @@ def row_outputs(heads: OutputHeads, layout: ModelLayout, hidden: torch.Tensor, l
         return [i for i in range(count) if kind in wanted[i]]
 
     found: dict[str, dict[int, object]] = {"dense": {}, "sparse": {}, "multivector": {}}
-    if rows_wanting("dense"):
+    if rows := rows_wanting("dense"):
         pooled = pool(hidden, lengths, layout.pooling).float().cpu().numpy()
-        found["dense"] = {i: pooled[i] for i in rows_wanting("dense")}
+        found["dense"] = {i: pooled[i] for i in rows}
     if rows := rows_wanting("multivector"):
         picked = torch.tensor(rows, device=hidden.device)
         vectors = heads.colbert(hidden[picked, 1:]).float().cpu().numpy()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from server import errors
-from server.backends.base import Backend, BackendInfo, RowOutputs, TokenBatch
+from server.backends.base import DENSE_ONLY, Backend, BackendInfo, RowOutputs, TokenBatch
 from server.backends.hf_model import (
     DTYPES,
     hidden_states,
@@ -102,7 +102,7 @@ class TorchBackend(Backend):
         log.info("%s: %s", self.config.name, engine)
         hidden = int(model.config.hidden_size)
         self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes_of(linears),
-                                 outputs=self.heads.sizes(hidden),
+                                 outputs=self.heads.sizes,
                                  description=f"{folder} on {self.device} ({self.dtype}, "
                                              f"{'encoder' if self.layout.encoder else 'decoder'}, "
                                              f"{self.layout.pooling} pooling, outputs "
@@ -224,7 +224,7 @@ class TorchBackend(Backend):
     def _forward_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
         """One forward to the hidden states (eager: the outputs vary per row), then each row's outputs."""
         slots = self._row_slots(batch)
-        wanted = batch.outputs or [frozenset({"dense"})] * len(slots)
+        wanted = batch.outputs or [DENSE_ONLY] * len(slots)
         order, input_ids, lengths, hidden = self._hidden(batch, slots)
         outputs = row_outputs(self.heads, self.layout, hidden, lengths, input_ids, [wanted[i] for i in order])
         result: list[RowOutputs] = [RowOutputs()] * len(order)
