@@ -205,10 +205,11 @@ def test_sparse_only_model_on_openai_is_400_with_the_reason(tmp_path):
         assert info["outputs"] == ["sparse"] and set(info["dims"]) == {"sparse"}
 
 
-def test_concurrent_requests_of_different_outputs_and_adapters_share_batches(m3_config):
-    """Requests asking for different outputs under different adapters are batched together and each gets
-    what it asked for, equal to the same request sent alone."""
-    app, model = build_app(m3_config, max_batch_wait_ms=200)
+def test_concurrent_requests_of_different_outputs_and_adapters(m3_config):
+    """Requests asking for different outputs under different adapters, sent at once, each get what they asked
+    for, equal to the same request sent alone. (That such rows share one forward is asserted without timing
+    in tests/unit/test_batching.py and tests/backends/test_output_heads.py.)"""
+    app, _ = build_app(m3_config, max_batch_wait_ms=200)
     asks = [(None, ["dense"]), ("legal", ["sparse"]), ("medical", ALL), (None, ["multivector"]), ("legal", ALL)]
     with LiveServer(app) as live:
         wait_ready(live.url)
@@ -220,9 +221,7 @@ def test_concurrent_requests_of_different_outputs_and_adapters_share_batches(m3_
                     json={"items": [{"text": TEXTS[i % 3]}], "params": {"output_types": kinds,
                                                                          "options": {"lora_id": lora}}})
                     for i, (lora, kinds) in enumerate(asks)))
-        batches_before = model.batcher.batches_run
         together = asyncio.run(send_all())
-        assert model.batcher.batches_run - batches_before < len(asks)
         for i, ((lora, kinds), response) in enumerate(zip(asks, together)):
             alone = post(live.url, M3, {"items": [{"text": TEXTS[i % 3]}],
                                         "params": {"output_types": kinds, "options": {"lora_id": lora}}}).json()
