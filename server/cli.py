@@ -1,5 +1,6 @@
 """Command line: `launch.py [serve] --config ...` serves; `launch.py check --config ...` validates only
 (a dry run of the serving load path: tokenizer, shapes, every adapter read and validated);
+`launch.py warm --config ... --out F` loads as serve does and writes the compiled kernels for other nodes;
 `launch.py train ...` and `launch.py eval ...` run the adapter loop (server/adapt)."""
 
 from __future__ import annotations
@@ -30,13 +31,17 @@ log = logging.getLogger("launch")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server",
                                      formatter_class=HelpFormatter)
-    parser.add_argument("command", nargs="?", choices=["serve", "check", "train", "eval"], default="serve",
-                        help="train / eval take their own options: launch.py train --help")
+    parser.add_argument("command", nargs="?", choices=["serve", "check", "warm", "train", "eval"], default="serve",
+                        help="warm: load as serve does, write the compiled kernels to --out for other nodes (same "
+                             "torch, Triton and GPU) and exit; train / eval take their own options: "
+                             "launch.py train --help")
     parser.add_argument("--config", action="append", required=True, help="model YAML (repeat for several models)")
     parser.add_argument("--engine-config", help="engine.yaml with server-wide settings")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=8080, help="port to listen on")
     parser.add_argument("--backend", choices=["auto", "torch", "sglang"], help="override each model's 'adapter'")
+    parser.add_argument("--out", default="compile-cache.bin",
+                        help="warm: the file to write (serve it with --compile-cache-artifacts)")
     parser.add_argument("--log-level", default=os.environ.get("SIE_LOG_LEVEL", "info"),
                         help="debug, info, warning or error ($SIE_LOG_LEVEL)")
     parser.add_argument("--log-format", choices=["text", "json"], default=os.environ.get("SIE_LOG_FORMAT", "text"),
@@ -106,9 +111,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         print("ok", flush=True)
         return 0
+    if args.command == "warm":
+        return warm(settings, models, args.backend, args.out)
     if args.replicas is not None:
         return serve_scaled(args, settings, models)
     return serve(args, settings, models)
+
+
+def warm(settings: ServerSettings, models, backend: str | None, out: str) -> int:
+    """Each model loaded and warmed up as serve would (so the compiled graphs are the ones serve asks for),
+    then everything compiled written to `out`."""
+    from server.backends import compile_cache, pick_device
+    from server.build import load_model
+
+    try:
+        for config in models:
+            model = asyncio.run(load_model(config, settings, backend=backend))
+            stats = model.status().stats
+            log.info("%s: warmed up in %.1f s (%d graphs compiled)", config.name,
+                     sum(seconds for _, seconds in stats.startup_seconds), stats.engine.compiles)
+            asyncio.run(model.stop())
+        device = pick_device(settings.device)
+        size = compile_cache.save(out, device)
+    except OPERATOR_ERRORS as exc:
+        return _error(str(exc))
+    print(f"wrote {out} ({size / 2**20:.1f} MiB) for {compile_cache.environment(device)}; serve it with "
+          f"--compile-cache-artifacts {out} (or SIE_COMPILE_CACHE_ARTIFACTS) on nodes of the same torch, "
+          f"Triton and GPU", flush=True)
+    return 0
 
 
 def serve_scaled(args: argparse.Namespace, settings: ServerSettings, models) -> int:

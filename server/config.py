@@ -114,6 +114,8 @@ class ModelConfig:
     eos_token: str | None = None
     compile: str = "auto"
     cuda_graphs: str = "auto"
+    cuda_graph_max_rows: int = 64  # the CUDA graph buckets: powers of two in rows and length up to these
+    cuda_graph_max_tokens: int = 8192  # (past them a batch is compute-bound and launches no longer matter)
     lora_kernels: str = "auto"
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
@@ -134,6 +136,9 @@ class ModelConfig:
         for key in ("compile", "cuda_graphs"):
             _require(where, getattr(self, key) in SWITCHES, f"'{key}' must be one of {SWITCHES}, "
                                                             f"got {getattr(self, key)!r}")
+        for key in ("cuda_graph_max_rows", "cuda_graph_max_tokens"):
+            _require(where, isinstance(getattr(self, key), int) and getattr(self, key) >= 1,
+                     f"'{key}' must be an integer >= 1")
         _require(where, "{text}" in self.query_template, "'query_template' must contain {text}")
         _require(where, self.dims is None or self.dims >= 1, "'dims' must be >= 1")
         _require(where, self.min_dims >= 1, "'min_dims' must be >= 1")
@@ -263,6 +268,7 @@ class ServerSettings:
     lora_allow: tuple[str, ...] = ()
     lora_failure_ttl_s: float = 300.0
     allow_noop_adapters: bool = False  # serve adapters that change no vector (a zero LoRA B, say)
+    compile_cache_artifacts: str = ""  # a file `launch.py warm` wrote: compiled kernels loaded before compiling
     shutdown_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -320,6 +326,8 @@ SETTINGS_HELP = {
     "lora_allow": "comma-separated hub id globs that may be loaded on first use (every model)",
     "lora_failure_ttl_s": "seconds a failed adapter load is remembered",
     "allow_noop_adapters": "serve adapters that change no vector",
+    "compile_cache_artifacts": "a file launch.py warm wrote (same torch, Triton and GPU): its compiled kernels are "
+                               "loaded before the forward compiles",
     "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
 }
 

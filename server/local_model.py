@@ -4,6 +4,7 @@ path that ties them together. Implements `ServedModel`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -53,6 +54,8 @@ class LocalModel:
         self._loading: asyncio.Future | None = None
         self._loader = DaemonExecutor(f"load-{config.name}")  # a stop during loading abandons, never waits
         self.phase: str | None = None  # what loading is doing now (logged if a stop interrupts it)
+        self.startup: dict[str, float] = {}  # seconds per load phase, in order
+        self.ready_s: float | None = None  # from the start of loading to ready
         self.abandoned = False  # stopped before loading finished: its worker threads are left to the exit
         self.answers = AnswerBudget(settings.max_response_bytes, settings.max_pending_response_bytes)
 
@@ -77,36 +80,58 @@ class LocalModel:
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
-        """Tokenizer, base model, then every preloaded adapter (each read once); raises on a problem."""
+        """Tokenizer, base model, warm-up, then every preloaded adapter (each read once); raises on a problem.
+        Each phase's seconds land in `startup` (the backend adds its compile and capture split)."""
         config = self.config
         preload = config.adapters.preloaded
         loop = asyncio.get_running_loop()
         with startup_progress(f"loading {self.name}", 2 + len(preload), log) as progress:
-            self.phase = "loading the tokenizer"
-            self.tokenizer = await loop.run_in_executor(self._loader, load_tokenizer, config)
-            self.phase = "loading the base model"
-            await self.backend.start(slots=self.adapters.capacity)
+            with self._phase("tokenizer", "loading the tokenizer"):
+                self.tokenizer = await loop.run_in_executor(self._loader, load_tokenizer, config)
+            with self._phase("weights", "loading the base model"):
+                await self.backend.start(slots=self.adapters.capacity)
             hidden = self.backend.info.hidden_size
             if config.dims is not None and config.dims > hidden and "dense" in self.backend.info.output_dims():
                 raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "
                                   f"size {hidden}")
             progress.step("base model")
-            self.phase = "finding the adapter roots"
-            roots = await loop.run_in_executor(self._loader, lambda: tuple(
-                resolve_source(root, kind="adapter root") for root in config.lora_roots + self.settings.lora_roots))
-            sources = AdapterSources(
-                catalog={} if config.adapters.preload else dict(config.adapters.lora_paths),
-                dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
-            probe = self.tokenizer.tokenize([EFFECT_PROBE]).input_ids[0] if self.backend.info.embeds else None
-            self.phase = "loading the preloaded adapters"
-            await self.adapters.open(sources=sources, preload=preload, probe=probe,
-                                     on_loaded=lambda name: progress.step(f"adapter {name}"))
-            self._check_profiles()
-            self._report_roots(roots)
-            self.phase = "warming up (compiling, capturing CUDA graphs)"
-            await self.backend.warm_up()
+            # Shapes are fixed at load (the rank width is max_lora_rank), so the forward compiles and its graphs
+            # are captured before any adapter exists: installs copy into buffers they already read.
+            with self._phase("warm_up", "warming up (compiling, capturing CUDA graphs)"):
+                await self.backend.warm_up()
             progress.step("warm-up")
+            with self._phase("adapters", "loading the preloaded adapters"):
+                roots = await loop.run_in_executor(self._loader, lambda: tuple(
+                    resolve_source(root, kind="adapter root") for root in config.lora_roots + self.settings.lora_roots))
+                sources = AdapterSources(
+                    catalog={} if config.adapters.preload else dict(config.adapters.lora_paths),
+                    dynamic=DynamicSources(roots, config.lora_allow + self.settings.lora_allow))
+                probe = self.tokenizer.tokenize([EFFECT_PROBE]).input_ids[0] if self.backend.info.embeds else None
+                await self.adapters.open(sources=sources, preload=preload, probe=probe,
+                                         on_loaded=lambda name: progress.step(f"adapter {name}"))
+                self._check_profiles()
+                self._report_roots(roots)
         self.state, self.phase = ModelState.READY, None
+
+    @contextlib.contextmanager
+    def _phase(self, key: str, doing: str):
+        self.phase, started = doing, time.perf_counter()
+        yield
+        self.startup[key] = time.perf_counter() - started
+
+    def startup_seconds(self) -> dict[str, float]:
+        """Seconds per start-up phase, in order: tokenizer, weights, the warm-up as the backend split it
+        (compile, graph_capture), adapters; then graph_capture_background once it ran after ready."""
+        engine = self.backend.engine_stats().phases
+        phases = {}
+        for phase, seconds in self.startup.items():
+            if phase == "warm_up" and engine:
+                phases.update({k: v for k, v in engine.items() if k != "graph_capture_background"})
+            else:
+                phases[phase] = seconds
+        if "graph_capture_background" in engine:
+            phases["graph_capture_background"] = engine["graph_capture_background"]
+        return phases
 
     def _report_roots(self, roots) -> None:
         """Say where hot-loadable adapters live, so an operator can find (and add to) them."""
@@ -142,8 +167,10 @@ class LocalModel:
             self.state, self.failure = ModelState.FAILED, exc
             log.error("%s: load failed: %s", self.name, self.status().failure)
             return
+        self.ready_s = time.perf_counter() - started
         names = self.adapters.names()
-        log.info("%s: ready in %.1f s (%d adapters: %s)", self.name, time.perf_counter() - started, len(names),
+        phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.startup_seconds().items())
+        log.info("%s: ready in %.1f s (%s; %d adapters: %s)", self.name, self.ready_s, phases, len(names),
                  ", ".join(names) or "none")
 
     def start(self, on_batch: BatchObserver) -> asyncio.Future:
@@ -182,7 +209,9 @@ class LocalModel:
                           evictions=registry.counters["evictions"], max_loras=registry.capacity,
                           load_seconds=tuple(zip(LOAD_BUCKETS, registry.load_stats.buckets)),
                           load_seconds_sum=registry.load_stats.total_s, load_count=registry.load_stats.count,
-                          failures_by_cause=tuple(registry.load_stats.failures.items()))
+                          failures_by_cause=tuple(registry.load_stats.failures.items()),
+                          startup_seconds=tuple(self.startup_seconds().items()), ready_seconds=self.ready_s,
+                          engine=self.backend.engine_stats())
 
     # -- encoding --------------------------------------------------------------------------------
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:

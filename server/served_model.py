@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from server import errors
-from server.backends.base import SparseVector
+from server.backends.base import EngineStats, SparseVector
 from server.batching import BatchShape
 from server.config import ModelConfig
 from server.options import EncodeOptions
@@ -38,6 +38,9 @@ class ModelStats:
     load_seconds_sum: float = 0.0
     load_count: int = 0
     failures_by_cause: tuple[tuple[str, int], ...] = ()
+    startup_seconds: tuple[tuple[str, float], ...] = ()  # (phase, seconds) in order: tokenizer, weights, ...
+    ready_seconds: float | None = None  # from the start of loading to ready
+    engine: EngineStats = field(default_factory=EngineStats)  # compiles and CUDA graphs
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,20 @@ class ModelCollector:
                                        "(no_slot: no free slot, never remembered)", labels=["model", "cause"])
         load_time = HistogramMetricFamily("sie_adapter_load_seconds", "Time to read, validate and install an "
                                           "adapter", labels=["model"])
+        startup = GaugeMetricFamily("sie_startup_seconds", "Seconds per start-up phase (tokenizer, weights, "
+                                    "adapters, compile, graph_capture, graph_capture_background; ready: to ready)",
+                                    labels=["model", "phase"])
+        compiles = CounterMetricFamily("sie_compiles", "Graphs the forward was compiled into (torch.compile)",
+                                       labels=["model"])
+        graphs = GaugeMetricFamily("sie_cuda_graphs", "CUDA graph buckets by state (captured, planned)",
+                                   labels=["model", "state"])
         stats = {name: s for name, model in self.models.items() if (s := model.status().stats) is not None}
         for name, s in stats.items():
+            for phase, seconds in s.startup_seconds + ((("ready", s.ready_seconds),) if s.ready_seconds else ()):
+                startup.add_metric([name, phase], seconds)
+            compiles.add_metric([name], s.engine.compiles)
+            graphs.add_metric([name, "captured"], s.engine.graphs_captured)
+            graphs.add_metric([name, "planned"], s.engine.graphs_planned)
             depth.add_metric([name], s.queue_depth)
             resident.add_metric([name], len(s.resident_adapters))
             loads.add_metric([name], s.loads)
@@ -64,7 +76,7 @@ class ModelCollector:
             if s.load_seconds:
                 buckets = [(str(bound), n) for bound, n in s.load_seconds]
                 load_time.add_metric([name], buckets + [("+Inf", s.load_count)], s.load_seconds_sum)
-        yield from (depth, resident, loads, failures, evictions, by_cause, load_time)
+        yield from (depth, resident, loads, failures, evictions, by_cause, load_time, startup, compiles, graphs)
         if stats:
             yield from gateway_families(stats)
 

@@ -34,7 +34,17 @@ def model_info(model: ServedModel, paths: PublicPaths) -> dict:
                          "profile_lora_adapters": {name: [p.lora_id] if p.lora_id else []
                                                    for name, p in config.profiles.items()}},
         "loras": loras,
+        **({"startup": startup_info(status.stats)} if status.stats is not None else {}),
     }
+
+
+def startup_info(stats) -> dict:
+    """Where the start-up time went and what the engine compiled and captured."""
+    engine = stats.engine
+    return {"ready_s": None if stats.ready_seconds is None else round(stats.ready_seconds, 3),
+            "phases_s": {phase: round(seconds, 3) for phase, seconds in stats.startup_seconds},
+            "compiles": engine.compiles,
+            "cuda_graphs": {"captured": engine.graphs_captured, "planned": engine.graphs_planned}}
 
 
 def selected_info(target: ModelId, paths: PublicPaths) -> dict:

@@ -73,6 +73,18 @@ class BackendInfo:
         return dict(self.outputs) if self.outputs else {"dense": self.hidden_size}
 
 
+@dataclass(frozen=True)
+class EngineStats:
+    """What a compiling backend's start-up did: graphs dynamo compiled, CUDA graphs captured of those
+    planned, and the seconds of each warm-up phase (compile, graph_capture before ready,
+    graph_capture_background after it)."""
+
+    compiles: int = 0
+    graphs_captured: int = 0
+    graphs_planned: int = 0
+    phases: Mapping[str, float] = field(default_factory=dict)
+
+
 class Backend(ABC):
     """One loaded base model with adapter slots."""
 
@@ -108,7 +120,12 @@ class Backend(ABC):
 
     async def warm_up(self) -> None:  # noqa: B027 - optional; most backends have nothing to prepare
         """Called once the start-up adapters are installed, before the model is ready: compile, capture
-        graphs, or anything else the first request should not pay for."""
+        graphs, or anything else the first request should not pay for. Work that can wait (the remaining
+        CUDA graphs) may go on between batches after it returns."""
+
+    def engine_stats(self) -> EngineStats:
+        """Compile and graph counts and warm-up phase seconds (none for a backend that compiles nothing)."""
+        return EngineStats()
 
     @abstractmethod
     async def close(self) -> None:

@@ -4,23 +4,20 @@ paying thousands of kernel launches from Python (nano-vllm's per-bucket capture,
 A batch is padded up to the smallest bucket that holds it: extra rows are one pad token at the zero
 adapter slot, extra positions are padding after each row's last token (never seen by a causal decoder,
 masked for an encoder), so each real row's vector is what it is alone. Adapter weights live in buffers
-that installs overwrite in place, so a captured graph sees adapters installed or evicted after capture;
-only a wider rank width (a new static shape) drops the graphs, and the backend captures them again.
+that installs overwrite in place and the rank width is fixed at load, so a captured graph serves every
+adapter installed or evicted after its capture, and no graph is ever captured twice. The single-row
+buckets (what a lone query hits) are captured before the model is ready; the rest one at a time between
+batches; a batch whose bucket is not captured yet runs compiled.
 """
 
 from __future__ import annotations
 
-import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 
-log = logging.getLogger(__name__)
-
-GRAPH_MAX_TOKENS = 8192  # past this a batch is compute-bound and launches no longer matter
-GRAPH_MAX_ROWS = 64
 GRAPH_MIN_LENGTH = 32
 
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (ids, lengths, slots) -> pooled
@@ -35,8 +32,7 @@ class Bucket:
     length: int
 
 
-def plan_buckets(max_length: int, max_tokens: int = GRAPH_MAX_TOKENS,
-                 max_rows: int = GRAPH_MAX_ROWS) -> tuple[Bucket, ...]:
+def plan_buckets(max_length: int, max_tokens: int, max_rows: int) -> tuple[Bucket, ...]:
     """Powers of two in rows and length (the last length is `max_length` itself), within `max_tokens`."""
     lengths, length = [], GRAPH_MIN_LENGTH
     while length < max_length:
@@ -49,17 +45,22 @@ def plan_buckets(max_length: int, max_tokens: int = GRAPH_MAX_TOKENS,
 
 def cuda_capture(forward: Forward, inputs: tuple[torch.Tensor, ...],
                  pool: object) -> tuple[Callable[[], None], torch.Tensor]:
-    """Warm up on a side stream (allocator and cuBLAS workspaces), then record one forward."""
+    """One forward on a side stream (lazy set-up: cuBLAS workspaces, the allocator, the compiled kernels'
+    variant for this shape), then record one forward."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):
-        for _ in range(2):
-            forward(*inputs)
+        forward(*inputs)
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         output = forward(*inputs)
     return graph.replay, output
+
+
+def single_row(buckets: Iterable[Bucket]) -> list[Bucket]:
+    """The buckets a lone query hits, largest first (the first capture sizes the shared memory pool)."""
+    return sorted((b for b in buckets if b.rows == 1), reverse=True)
 
 
 class _Graph:
@@ -84,28 +85,35 @@ class _Graph:
 
 
 class GraphPool:
-    """Captured forwards by bucket. `capture_all` records every bucket (largest first, sharing one memory
-    pool); `run` answers None for a batch no bucket holds."""
+    """Captured forwards by bucket, sharing one memory pool (graphs replay one at a time, on one thread).
+    `capture` records the buckets given that are not captured yet; `run` answers None for a batch whose
+    bucket is not captured (yet), which the caller runs compiled."""
 
     def __init__(self, forward: Forward, buckets: tuple[Bucket, ...], *, device: str, pad_id: int, zero_slot: int,
                  capture: Capture = cuda_capture, memory_pool: Callable[[], object] | None = None):
-        self.forward, self.buckets, self.capture = forward, buckets, capture
+        self.forward, self.buckets, self.capture_one = forward, buckets, capture
         self.device, self.pad_id, self.zero_slot = device, pad_id, zero_slot
         self.memory_pool = memory_pool or (lambda: None)
         self.graphs: dict[Bucket, _Graph] = {}
+        self._pool: object = None
 
     def pick(self, rows: int, length: int) -> Bucket | None:
         return next((b for b in self.buckets if b.rows >= rows and b.length >= length), None)
 
-    def capture_all(self, name: str) -> None:
-        self.graphs.clear()
-        pool, started = self.memory_pool(), time.perf_counter()
-        for index, bucket in enumerate(reversed(self.buckets), 1):
-            self.graphs[bucket] = _Graph(bucket, self.forward, self.capture, pool, self.device, self.pad_id,
-                                         self.zero_slot)
-            if index % 8 == 0 or index == len(self.buckets):
-                log.info("%s: captured %d/%d CUDA graphs (%.1f s)", name, index, len(self.buckets),
-                         time.perf_counter() - started)
+    def pending(self) -> list[Bucket]:
+        """Planned buckets not captured yet, smallest first (the likeliest to be hit by light traffic)."""
+        return [b for b in self.buckets if b not in self.graphs]
+
+    def capture(self, buckets: Iterable[Bucket]) -> float:
+        """Record each bucket not captured yet; the seconds it took."""
+        started = time.perf_counter()
+        if not self.graphs:
+            self._pool = self.memory_pool()
+        for bucket in buckets:
+            if bucket not in self.graphs:
+                self.graphs[bucket] = _Graph(bucket, self.forward, self.capture_one, self._pool, self.device,
+                                             self.pad_id, self.zero_slot)
+        return time.perf_counter() - started
 
     def run(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor | None:
         bucket = self.pick(*ids.shape)

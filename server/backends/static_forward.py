@@ -1,6 +1,7 @@
 """The torch backend's static forward: every row at once with a per-row adapter slot tensor, optionally
 compiled (`torch.compile`, dynamic shapes, inductor cache under the cache dir) and replayed from CUDA
-graphs for small batches. Compiled code and graphs are made again only when the rank width grows."""
+graphs for small batches. The shapes are fixed at load (the rank width is `max_lora_rank`), so a process
+compiles twice (one row, several rows: dynamo specialises a size of 1) and never again."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.backends.cuda_graphs import GraphPool, plan_buckets
+from server.backends import compile_cache
+from server.backends.cuda_graphs import GraphPool, plan_buckets, single_row
 from server.backends.hf_model import hidden_states, pooled_forward
 from server.config import ModelConfig
 from server.demo_assets import cache_dir
@@ -22,18 +24,23 @@ from server.model_layout import ModelLayout
 
 log = logging.getLogger(__name__)
 
-WARM_UP_LENGTH = 16
+# Not a power of two (no bucket length) and not a row count of the warm-up; the sizes that could tie it to
+# a model dimension under duck sizing (the LoRA groups' tensors) are static.
+WARM_UP_LENGTH = 24
+MIN_LENGTH = 2  # dynamo specialises a size of 1: a one-token batch is padded to two, not compiled again
 
 
 @dataclass(frozen=True)
 class EngineChoice:
-    """How the torch backend runs: `static_rows` (else the eager segment path), compiled, CUDA graphs, and
-    the static path's LoRA as Triton kernels (else the gathered bmm pair)."""
+    """How the torch backend runs: `static_rows` (else the eager segment path), compiled (by dynamo's
+    `compiler` backend: inductor when serving), CUDA graphs, and the static path's LoRA as Triton kernels
+    (else the gathered bmm pair)."""
 
     static_rows: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
     triton_kernels: bool = False
+    compiler: str = "inductor"
 
 
 def choose_engine(config: ModelConfig, device: str, layout: ModelLayout) -> EngineChoice:
@@ -63,27 +70,52 @@ def use_compile_cache() -> str:
     return chosen
 
 
+class CountingCompiler:
+    """A dynamo backend that counts the graphs it compiles before handing each to the named backend
+    (inductor when serving): the model's compile count, which tests, /metrics and gpu-check read."""
+
+    def __init__(self, backend: str = "inductor"):
+        self.backend, self.graphs = backend, 0
+
+    def __call__(self, graph, example_inputs):
+        from torch._dynamo.backends.registry import lookup_backend
+
+        compiled = lookup_backend(self.backend)(graph, example_inputs)  # may raise to restart dynamo's analysis
+        self.graphs += 1
+        return compiled
+
+
 class StaticForward:
-    """Pooled vectors for right-padded rows under per-row slots; warm (compiled, graphs captured) at the
-    plan's current width after `ensure_warm`."""
+    """Pooled vectors for right-padded rows under per-row slots. `warm_up` compiles and captures the
+    single-row graph buckets; `capture_next` captures one more bucket (the backend calls it between
+    batches until none is left); `phases` keeps the seconds each step took."""
 
     def __init__(self, model: nn.Module, layout: ModelLayout, plan: SegmentPlan, choice: EngineChoice, *,
-                 device: str, max_length: int, name: str, causal_mask: dict | None = None):
-        self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, name
+                 device: str, config: ModelConfig, causal_mask: dict | None = None, cache_artifacts: str = ""):
+        self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, config.name
         self.causal_mask = causal_mask
+        if choice.compiled:
+            log.info("%s: compiling the forward (inductor cache: %s)", self.name, use_compile_cache())
+            if cache_artifacts:  # into the cache folder just chosen, where the compile will look
+                compile_cache.load(cache_artifacts, device)
+        self.compiler = CountingCompiler(choice.compiler)
         self._forward = self._compiled() if choice.compiled else self._eager
         self.graphs: GraphPool | None = None
         if choice.cuda_graphs:
-            self.graphs = GraphPool(self._run, plan_buckets(max_length), device=device, pad_id=layout.pad_token_id,
+            buckets = plan_buckets(config.max_seq_len, config.cuda_graph_max_tokens, config.cuda_graph_max_rows)
+            self.graphs = GraphPool(self._run, buckets, device=device, pad_id=layout.pad_token_id,
                                     zero_slot=plan.zero_slot, memory_pool=torch.cuda.graph_pool_handle)
-        self.warm_width: int | None = None  # the width compiled code and graphs were last made for
+        self.phases: dict[str, float] = {}  # compile, graph_capture (before ready), graph_capture_background
+
+    @property
+    def compiles(self) -> int:
+        return self.compiler.graphs
 
     def _eager(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return pooled_forward(self.model, ids, lengths, self.layout, self.causal_mask)
 
     def _compiled(self):
-        log.info("%s: compiling the forward (inductor cache: %s)", self.name, use_compile_cache())
-        return torch.compile(self._eager, dynamic=True)
+        return torch.compile(self._eager, dynamic=True, backend=self.compiler)
 
     def _run(self, ids: torch.Tensor, lengths: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
         self.plan.publish_rows(slots)
@@ -105,26 +137,47 @@ class StaticForward:
             pooled = self.graphs.run(ids, lengths, slots)
             if pooled is not None:
                 return pooled
+        if ids.shape[1] < MIN_LENGTH:  # padding after each row's last token changes no row's vector
+            ids = torch.nn.functional.pad(ids, (0, MIN_LENGTH - ids.shape[1]), value=self.layout.pad_token_id)
         return self._run(ids, lengths, slots)
 
     @torch.inference_mode()
-    def ensure_warm(self) -> None:
-        """Compile (rows 1 and 2: dynamo specialises size-1 dimensions) and capture the graphs at the
-        current width, once per width. A failed capture leaves the graphs off, with the reason logged."""
-        if self.warm_width == self.plan.width:
-            return
-        started, device = time.perf_counter(), self.model.device
+    def warm_up(self) -> None:
+        """Compile (two rows, then one: dynamo specialises a size of 1) and capture the single-row buckets."""
         if self.choice.compiled:
+            started, device = time.perf_counter(), self.model.device
             for rows in (2, 1):
                 ids = torch.full((rows, WARM_UP_LENGTH), self.layout.pad_token_id, device=device)
                 lengths = torch.full((rows,), WARM_UP_LENGTH, device=device)
                 self._run(ids, lengths, torch.full((rows,), self.plan.zero_slot, device=device))
-            log.info("%s: forward compiled at rank width %d in %.1f s", self.name, self.plan.width,
-                     time.perf_counter() - started)
+            self.phases["compile"] = time.perf_counter() - started
+            log.info("%s: forward compiled (%d graphs) at rank width %d in %.1f s", self.name, self.compiles,
+                     self.plan.width, self.phases["compile"])
         if self.graphs is not None:
-            try:
-                self.graphs.capture_all(self.name)
-            except Exception as exc:  # noqa: BLE001 - any capture failure falls back to the ungraphed forward
-                log.warning("%s: CUDA graph capture failed, serving without graphs: %s", self.name, exc)
-                self.graphs = None
-        self.warm_width = self.plan.width
+            buckets = single_row(self.graphs.buckets)
+            if self._capture(buckets, "graph_capture"):
+                log.info("%s: captured the %d single-row CUDA graphs in %.1f s; %d more are captured between "
+                         "batches", self.name, len(buckets), self.phases["graph_capture"],
+                         len(self.graphs.pending()))
+
+    @torch.inference_mode()
+    def capture_next(self) -> bool:
+        """Capture the next bucket not captured yet; True while more are left."""
+        pending = self.graphs.pending() if self.graphs is not None else []
+        if not pending or not self._capture(pending[:1], "graph_capture_background"):
+            return False
+        if len(pending) == 1:
+            log.info("%s: all %d CUDA graphs captured (%.1f s after ready)", self.name, len(self.graphs.graphs),
+                     self.phases["graph_capture_background"])
+        return len(pending) > 1
+
+    def _capture(self, buckets, phase: str) -> bool:
+        """False (graphs off, the reason logged) when a capture fails: the compiled forward serves every batch."""
+        try:
+            seconds = self.graphs.capture(buckets)
+        except Exception as exc:  # noqa: BLE001 - any capture failure falls back to the ungraphed forward
+            log.warning("%s: CUDA graph capture failed, serving without graphs: %s", self.name, exc)
+            self.graphs = None
+            return False
+        self.phases[phase] = self.phases.get(phase, 0.0) + seconds
+        return True

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from server import errors
-from server.backends.base import DENSE_ONLY, Backend, BackendInfo, RowOutputs, TokenBatch
+from server.backends.base import DENSE_ONLY, Backend, BackendInfo, EngineStats, RowOutputs, TokenBatch
 from server.backends.hf_model import (
     DTYPES,
     hidden_states,
@@ -32,7 +32,7 @@ from server.backends.static_forward import EngineChoice, StaticForward, choose_e
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
 from server.lora.peft_format import LoraAdapter
-from server.lora.plan import SegmentPlan, plan_segments, static_width
+from server.lora.plan import SegmentPlan, plan_segments
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 from server.threads import DaemonExecutor
@@ -44,6 +44,7 @@ CLOSE_WAIT_S = 3.0  # how long close waits for the worker's current job (a forwa
 class TorchBackend(Backend):
     def __init__(self, model: ModelConfig, settings: ServerSettings, device: str, engine: EngineChoice | None = None):
         self.config = model
+        self.settings = settings
         self.device = device
         dtype = model.dtype if device.startswith("cuda") else "float32"
         if dtype != model.dtype:
@@ -96,9 +97,10 @@ class TorchBackend(Backend):
         if engine.triton_kernels:
             self._use_kernels()
         if engine.static_rows:
+            self._plan.width = self.config.adapters.max_lora_rank  # fixed: no install changes a compiled shape
             self._static = StaticForward(model, self.layout, self._plan, engine, device=self.device,
-                                         max_length=self.config.max_seq_len, name=self.config.name,
-                                         causal_mask=self._causal_mask)
+                                         config=self.config, causal_mask=self._causal_mask,
+                                         cache_artifacts=self.settings.compile_cache_artifacts)
         log.info("%s: %s", self.config.name, engine)
         hidden = int(model.config.hidden_size)
         self._info = BackendInfo(hidden_size=hidden, linear_shapes=shapes_of(linears),
@@ -125,8 +127,27 @@ class TorchBackend(Backend):
         self.model = None
 
     async def warm_up(self) -> None:
+        """Compile and capture the single-row graphs now; the other graphs are captured afterwards, one per
+        job on the worker, so forwards queued meanwhile run between two captures (compiled until theirs)."""
         if self._static is not None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._static.ensure_warm)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._static.warm_up)
+            if self._static.graphs is not None and self._static.graphs.pending():
+                self._executor.submit(self._capture_next)
+
+    def _capture_next(self) -> None:
+        if self._static.capture_next():
+            try:
+                self._executor.submit(self._capture_next)
+            except RuntimeError:  # closing: the remaining graphs are not needed
+                pass
+
+    def engine_stats(self) -> EngineStats:
+        static = self._static
+        if static is None:
+            return EngineStats()
+        graphs = static.graphs
+        return EngineStats(compiles=static.compiles, graphs_captured=len(graphs.graphs) if graphs else 0,
+                           graphs_planned=len(graphs.buckets) if graphs else 0, phases=dict(static.phases))
 
     # -- adapters --------------------------------------------------------------------------
     async def install(self, slot: int, adapter: LoraAdapter, *, pinned: bool = False) -> None:
@@ -135,13 +156,6 @@ class TorchBackend(Backend):
     def _install(self, slot: int, adapter: LoraAdapter) -> None:
         install_adapter(self._layers, slot, adapter.to(device=self.device, dtype=self.dtype))
         self._installed.add(slot)
-        if self._static is not None:
-            # The width only grows, so an eviction never recompiles or recaptures.
-            largest = max(layer.live_rank for layer in self._layers.values())
-            width = static_width(largest, self.config.adapters.max_lora_rank)
-            self._plan.width = max(self._plan.width, width)
-            if self._static.warm_width is not None:
-                self._static.ensure_warm()
 
     async def remove(self, slot: int) -> None:
         await asyncio.get_running_loop().run_in_executor(self._executor, self._remove, slot)
@@ -211,7 +225,6 @@ class TorchBackend(Backend):
         """Pooled vectors in row order: the static path's compiled (or graphed) forward, else eager."""
         slots = self._row_slots(batch)
         if self._static is not None:
-            self._static.ensure_warm()
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
             return self._static(input_ids, lengths, self._static_slots(slots)).float().cpu().numpy()
         order, _, lengths, hidden = self._hidden(batch, slots)

@@ -1,7 +1,11 @@
 """Linears that read the same input (q/k/v, gate/up; query/key/value in encoders) as one group for the
 Triton kernels: one stacked A [slots + 1, members, max_rank, in], whose per-member views are the members'
 own `a` (so installs and the torch paths are unchanged), and each member's rank per slot on the device.
-One `shrink` per group reads the input once; each member then `expand`s into its own base output."""
+One `shrink` per group reads the input once; each member then `expand`s into its own base output.
+
+The group's tensors are not module buffers, so they are marked static for dynamo: under
+`torch.compile(dynamic=True)` a plain tensor attribute gets symbolic sizes, and duck sizing then ties equal
+sizes together (2 members with a 2-row warm-up batch), so the next batch of another row count recompiled."""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ class LoraGroup:
             self.ranks[index] = torch.tensor(member.ranks, dtype=torch.int32)
             member.a = self.a[:, index]
             member.group, member.member = self, index
+        torch._dynamo.mark_static(self.a)
+        torch._dynamo.mark_static(self.ranks)
         self._u: torch.Tensor | None = None  # the shrink of the input now flowing through the group
         self._source: weakref.ref | None = None  # which input `_u` belongs to (eager only)
 

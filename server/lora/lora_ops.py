@@ -17,7 +17,7 @@ def shrink(x: torch.Tensor, a: torch.Tensor, ranks: torch.Tensor, row_slots: tor
 
 @shrink.register_fake
 def _shrink_shape(x, a, ranks, row_slots, zero_slot, width):
-    return x.new_empty((x.shape[0], x.shape[1], a.shape[1] * width))
+    return x.new_empty((x.shape[0], x.shape[1], a.shape[1] * width), dtype=torch.float32)
 
 
 @torch.library.custom_op("mle_lora::expand_", mutates_args=("y",))

@@ -17,10 +17,11 @@ BGMV shape), at the largest installed rank: measured on 2 CPU cores, 64 one-row 
 base with the loop and +10% with bmm.
 
 The static path (CUDA, compiled forwards, CUDA graphs) always takes the gathered shape over every row,
-at one model-wide power-of-two rank width, with base rows reading an extra all-zero slot: no Python
-per segment and no shape that depends on the batch's mix of adapters. On CUDA that shape runs as Triton
-kernels (`lora/groups`, `lora/lora_ops`): one shrink per group of linears sharing an input, an expand added
-into the base output, base rows and untouched linears skipped; the gathered bmm pair stays as the control.
+at the model's `max_lora_rank` (fixed at load), with base rows reading an extra all-zero slot: no Python
+per segment and no shape that depends on the batch's mix of adapters or on which adapters are installed.
+On CUDA that shape runs as Triton kernels (`lora/groups`, `lora/lora_ops`): one shrink per group of linears
+sharing an input, an expand added into the base output, base rows and untouched linears skipped; the
+gathered bmm pair stays as the control.
 """
 
 from __future__ import annotations

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 
 BMM_MIN_SEGMENTS = 16
-MIN_STATIC_WIDTH = 8
 
 
 @dataclass(frozen=True)
@@ -26,7 +25,8 @@ class SegmentPlan:
     """The plan of the forward pass now running (one per backend, set by its worker thread).
 
     `row_slots` is None on the segment path; otherwise it holds one slot per row of `span` (None: every
-    row). `width` is the static path's rank width: 0 means that path reads each layer's live rank."""
+    row). `width` is the static path's rank width, the model's `max_lora_rank`, set once at load so that no
+    install ever changes a compiled or captured shape; 0 (the segment path) reads each layer's live rank."""
 
     def __init__(self, zero_slot: int) -> None:
         self.zero_slot = zero_slot  # a slot no adapter is ever installed at: a zero update
@@ -51,17 +51,6 @@ class SegmentPlan:
 
     def clear(self) -> None:
         self.segments, self.row_slots, self.span = (), None, None
-
-
-def static_width(largest_rank: int, max_rank: int) -> int:
-    """The static path's rank width for adapters up to `largest_rank`: the next power of two (at least
-    `MIN_STATIC_WIDTH`), so a compiled forward or a captured graph rarely has to be redone."""
-    if largest_rank <= 0:
-        return 0
-    width = MIN_STATIC_WIDTH
-    while width < largest_rank:
-        width *= 2
-    return min(width, max_rank)
 
 
 def plan_segments(sorted_slots: list[int]) -> tuple[Segment, ...]:

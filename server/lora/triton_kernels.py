@@ -6,8 +6,11 @@ programs whose row is at the zero slot (base) or whose adapter leaves that linea
 at once.
 
 - `shrink`: u = x @ A[slot]^T for every member of a group of linears that share their input (q/k/v,
-  gate/up), from one stacked A [slots, members, max_rank, in], so the input is read once per tile.
-- `expand`: y += u_member @ (scale * B)^T[slot], added in place into the base output.
+  gate/up), from one stacked A [slots, members, max_rank, in]. u is float32 whatever the model's dtype:
+  rounding it to bf16 was the larger half of the kernels' bf16 error, and it is a few dozen columns.
+- `expand`: y += u_member @ (scale * B)^T[slot], added in place into the base output, rounded once.
+The width (the model's `max_lora_rank`) is a compile-time constant; each program reads and writes only its
+slot's own rank of it (masked loads: a rank-16 adapter in a rank-64 pool moves rank-16 bytes).
 Loop bounds are compile-time constants (Triton 3.6's interpreter fails on runtime bounds with numpy 2.4).
 """
 
@@ -32,7 +35,8 @@ def _shrink_kernel(x_ptr, a_ptr, ranks_ptr, slots_ptr, u_ptr, length, zero_slot,
     slot = tl.load(slots_ptr + row)
     if slot == zero_slot:
         return
-    if tl.load(ranks_ptr + member * slot_count + slot) == 0:
+    rank = tl.load(ranks_ptr + member * slot_count + slot)
+    if rank == 0:
         return
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_w = tl.arange(0, BLOCK_W)
@@ -43,10 +47,10 @@ def _shrink_kernel(x_ptr, a_ptr, ranks_ptr, slots_ptr, u_ptr, length, zero_slot,
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         xt = tl.load(x_rows + ks[None, :], mask=(offs_m[:, None] < length) & (ks[None, :] < K), other=0.0)
-        at = tl.load(a_cols + ks[:, None], mask=(offs_w[None, :] < WIDTH) & (ks[:, None] < K), other=0.0)
+        at = tl.load(a_cols + ks[:, None], mask=(offs_w[None, :] < rank) & (ks[:, None] < K), other=0.0)
         acc += tl.dot(xt, at, input_precision=PRECISION)
     u_out = u_ptr + row * stride_ur + offs_m[:, None] * stride_ul + member * WIDTH + offs_w[None, :]
-    tl.store(u_out, acc.to(u_ptr.dtype.element_ty), mask=(offs_m[:, None] < length) & (offs_w[None, :] < WIDTH))
+    tl.store(u_out, acc, mask=(offs_m[:, None] < length) & (offs_w[None, :] < rank))
 
 
 @triton.jit
@@ -60,17 +64,18 @@ def _expand_kernel(u_ptr, bt_ptr, ranks_ptr, slots_ptr, y_ptr, length, zero_slot
     slot = tl.load(slots_ptr + row)
     if slot == zero_slot:
         return
-    if tl.load(ranks_ptr + slot) == 0:
+    rank = tl.load(ranks_ptr + slot)
+    if rank == 0:
         return
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = col * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_w = tl.arange(0, BLOCK_W)
     rows_in = offs_m[:, None] < length
     ut = tl.load(u_ptr + row * stride_ur + offs_m[:, None] * stride_ul + u_offset + offs_w[None, :],
-                 mask=rows_in & (offs_w[None, :] < WIDTH), other=0.0)
+                 mask=rows_in & (offs_w[None, :] < rank), other=0.0)
     bt = tl.load(bt_ptr + slot * stride_bs + offs_w[:, None] * stride_br + offs_n[None, :],
-                 mask=(offs_w[:, None] < WIDTH) & (offs_n[None, :] < N), other=0.0)
-    update = tl.dot(ut, bt, input_precision=PRECISION)
+                 mask=(offs_w[:, None] < rank) & (offs_n[None, :] < N), other=0.0)
+    update = tl.dot(ut.to(tl.float32), bt.to(tl.float32), input_precision=PRECISION)
     y_out = y_ptr + row * stride_yr + offs_m[:, None] * stride_yl + offs_n[None, :]
     inside = rows_in & (offs_n[None, :] < N)
     y = tl.load(y_out, mask=inside, other=0.0)
@@ -82,19 +87,20 @@ def _block(size: int, most: int) -> int:
 
 
 def _precision(dtype: torch.dtype) -> str | None:
-    """fp32 stays exact (no TF32); half types take Triton's default (the option applies to fp32 only)."""
+    """An fp32 model stays exact (no TF32); a half model takes Triton's default (TF32 for the expand's fp32
+    operands: u keeps 10 mantissa bits there instead of bf16's 7; the option does not apply to half operands)."""
     return "ieee" if dtype == torch.float32 else None
 
 
 def shrink(x: torch.Tensor, a: torch.Tensor, ranks: torch.Tensor, row_slots: torch.Tensor, zero_slot: int,
            width: int) -> torch.Tensor:
-    """u [rows, tokens, members * width] for x [rows, tokens, in] and a [slots, members, max_rank, in];
-    entries of skipped rows (and of members an adapter leaves alone) are left unwritten: `expand` skips
-    exactly those."""
+    """u [rows, tokens, members * width] (float32) for x [rows, tokens, in] and a [slots, members, max_rank,
+    in]; entries of skipped rows, of members an adapter leaves alone and past each slot's rank are left
+    unwritten: `expand` reads none of them."""
     rows, length, features = x.shape
     members = a.shape[1]
     x = x.contiguous()
-    u = x.new_empty((rows, length, members * width))
+    u = x.new_empty((rows, length, members * width), dtype=torch.float32)
     grid = (rows, triton.cdiv(length, BLOCK_M), members)
     _shrink_kernel[grid](x, a, ranks, row_slots, u, length, zero_slot, ranks.shape[1],
                          x.stride(0), x.stride(1), a.stride(0), a.stride(1), a.stride(2), u.stride(0), u.stride(1),
@@ -114,4 +120,4 @@ def expand(y: torch.Tensor, u: torch.Tensor, bt: torch.Tensor, ranks: torch.Tens
     _expand_kernel[grid](u, bt, ranks, row_slots, y, length, zero_slot, member * width,
                          u.stride(0), u.stride(1), bt.stride(0), bt.stride(1), y.stride(0), y.stride(1),
                          N=features, WIDTH=width, BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_W=_block(width, width),
-                         PRECISION=_precision(y.dtype))
+                         PRECISION=_precision(bt.dtype))

@@ -149,6 +149,10 @@ def test_metrics_parse(server, sie):
         families["sie_resident_adapters"].samples[0].value >= 3
     assert families["sie_queue_depth"].samples[0].value == 0
     assert "sie_adapter_loads" in families and "sie_adapter_evictions" in families
+    phases = {s.labels["phase"] for s in families["sie_startup_seconds"].samples if s.labels["model"] == DEMO_MODEL}
+    assert phases == {"tokenizer", "weights", "adapters", "warm_up", "ready"}
+    assert [s.value for s in families["sie_compiles"].samples if s.name == "sie_compiles_total"] == [0]
+    assert {s.labels["state"] for s in families["sie_cuda_graphs"].samples} == {"captured", "planned"}
 
 
 def test_request_id_echoed_and_logged(server):

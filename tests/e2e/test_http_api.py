@@ -141,7 +141,12 @@ def test_health_ready_and_models(demo_server):
     assert [lora["name"] for lora in model["loras"]] == ["finance", "legal", "medical"]
     assert all(lora["state"] == "ready" and lora["pinned"] and lora["rank"] == 8 for lora in model["loras"])
     assert model["profiles"]["legal"]["lora_id"] == "legal" and model["max_sequence_length"] == 512
-    assert httpx.get(demo_server.url + f"/v1/models/{DEMO_MODEL}").json()["name"] == DEMO_MODEL
+    one = httpx.get(demo_server.url + f"/v1/models/{DEMO_MODEL}").json()
+    assert one["name"] == DEMO_MODEL
+    startup = one["startup"]  # where the start-up time went (the CPU's eager path compiles nothing)
+    assert list(startup["phases_s"]) == ["tokenizer", "weights", "warm_up", "adapters"]
+    assert startup["ready_s"] >= sum(startup["phases_s"].values()) * 0.99
+    assert startup["compiles"] == 0 and startup["cuda_graphs"] == {"captured": 0, "planned": 0}
 
 
 def test_concurrent_mixed_requests_equal_sequential(demo_server):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from server.lora.mixed_linear import MixedLoraLinear
-from server.lora.plan import BMM_MIN_SEGMENTS, SegmentPlan, plan_segments, static_width
+from server.lora.plan import BMM_MIN_SEGMENTS, SegmentPlan, plan_segments
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 20, 16
 
@@ -91,7 +91,7 @@ def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
     adapters = {0: adapter(4, 1), 5: adapter(16, 2), 7: adapter(8, 3)}
     for slot, weights in adapters.items():
         layer.set_slot(slot, *weights)
-    plan.width = static_width(16, MAX_RANK)
+    plan.width = MAX_RANK  # as the backend fixes it at load: ranks 2..16 and later installs at one width
     slots = [7, -1, 0, 5, -1, 7, 9, 0]  # unsorted, base rows between adapter rows
     x = torch.randn(len(slots), 6, IN)
     assert torch.allclose(run(layer, plan, x, slots, static=True), reference(layer, x, slots, adapters), atol=1e-5)
@@ -102,14 +102,9 @@ def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
     assert torch.allclose(run(layer, plan, x, slots, static=True), reference(layer, x, slots, adapters), atol=1e-5)
 
 
-def test_static_width_is_a_power_of_two_within_the_pool():
-    assert [static_width(r, 64) for r in (0, 1, 8, 9, 16, 17, 64)] == [0, 8, 8, 16, 16, 32, 64]
-    assert static_width(48, 40) == 40
-
-
 def test_static_path_refuses_a_flat_input_instead_of_dropping_the_adapters():
     layer, plan = make_layer()
     layer.set_slot(0, *adapter(4, 1))
-    plan.width = static_width(4, MAX_RANK)
+    plan.width = MAX_RANK
     with pytest.raises(RuntimeError):
         run(layer, plan, torch.randn(2, IN), [0, -1], static=True)

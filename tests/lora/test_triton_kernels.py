@@ -1,6 +1,7 @@
 """The Triton shrink and expand kernels (in Triton's interpreter on the CPU, at tiny shapes) against a
 float64 reference: mixed ranks, base rows at the zero slot, an adapter that leaves a member linear alone,
-lengths and features that are not multiples of the blocks, fp32 and fp16."""
+lengths and features that are not multiples of the blocks, fp32 and fp16 (u always float32), and nothing
+past a slot's rank read (the width is the pool's max rank, adapters are narrower)."""
 
 from __future__ import annotations
 
@@ -36,13 +37,14 @@ def test_shrink_matches_float64(dtype, tolerance, features, width):
     x = torch.randn(5, 20, features, dtype=dtype)
     row_slots = torch.tensor([0, SLOTS, 1, 2, 3])
     u = triton_kernels.shrink(x, a, rank_table, row_slots, SLOTS, width)
-    assert u.shape == (5, 20, 3 * width) and u.dtype == dtype
+    assert u.shape == (5, 20, 3 * width) and u.dtype == torch.float32
     for row, slot in enumerate(row_slots.tolist()):
         for member in range(3):
             if not active(slot, int(rank_table[member, slot])):
                 continue
-            reference = x[row].double() @ a[slot, member, :width].double().T
-            got = u[row, :, member * width:(member + 1) * width].double()
+            rank = int(rank_table[member, slot])
+            reference = x[row].double() @ a[slot, member, :rank].double().T
+            got = u[row, :, member * width:member * width + rank].double()
             assert (got - reference).abs().max() <= tolerance, (row, member)
 
 
@@ -52,7 +54,7 @@ def test_expand_adds_in_place_and_skips_base_rows(dtype, tolerance, features, wi
     torch.manual_seed(1)
     members = 2
     ranks = torch.tensor([[8, 4, 0, width, 0], [width, 0, 2, 8, 0]], dtype=torch.int32)
-    u = torch.randn(5, 19, members * width, dtype=dtype)
+    u = torch.randn(5, 19, members * width)  # the shrink's output: float32 whatever the model's dtype
     bt = torch.randn(SLOTS + 1, MAX_RANK, features, dtype=dtype) / width
     row_slots = torch.tensor([0, SLOTS, 1, 2, 3])
     for member in range(members):
@@ -63,8 +65,32 @@ def test_expand_adds_in_place_and_skips_base_rows(dtype, tolerance, features, wi
             if not active(slot, int(ranks[member, slot])):
                 assert torch.equal(y[row], y0[row]), (row, member)  # untouched: not even rounded
                 continue
-            update = u[row, :, member * width:(member + 1) * width].double() @ bt[slot, :width].double()
+            rank = int(ranks[member, slot])
+            update = u[row, :, member * width:member * width + rank].double() @ bt[slot, :rank].double()
             assert (y[row].double() - (y0[row].double() + update)).abs().max() <= tolerance, (row, member)
+
+
+def test_nothing_past_a_slots_rank_is_read():
+    """Buffers past each adapter's rank hold NaN here: a kernel that read them would spread it."""
+    torch.manual_seed(2)
+    width, features = 16, 32
+    a, rank_table = stacked(2, features, [[4, 8, 16, 0], [8, 0, 2, 4]], torch.float32)
+    bt = torch.randn(SLOTS + 1, MAX_RANK, features)
+    for member in range(2):
+        for slot in range(SLOTS):
+            rank = int(rank_table[member, slot])
+            a[slot, member, rank:] = float("nan")
+    for slot in range(SLOTS):
+        bt[slot, int(rank_table[1, slot]):] = float("nan")
+    x, y = torch.randn(5, 17, features), torch.zeros(5, 17, features)
+    row_slots = torch.tensor([0, 1, 2, 3, SLOTS])
+    u = triton_kernels.shrink(x, a, rank_table, row_slots, SLOTS, width)
+    triton_kernels.expand(y, u, bt, rank_table[1], row_slots, SLOTS, 1, width)
+    assert torch.isfinite(y).all()
+    for row, slot in enumerate(row_slots.tolist()[:SLOTS]):
+        rank = int(rank_table[1, slot])
+        expected = (x[row].double() @ a[slot, 1, :rank].double().T) @ bt[slot, :rank].double()
+        assert (y[row].double() - expected).abs().max() <= 1e-5, row
 
 
 def test_custom_ops_trace_as_single_nodes():
