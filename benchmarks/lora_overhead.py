@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import platform
 import shutil
@@ -70,7 +71,8 @@ def build_assets(args, folder: Path) -> dict:
                          num_attention_heads=args.heads, num_key_value_heads=args.kv_heads, head_dim=args.head_dim,
                          intermediate_size=args.intermediate, max_position_embeddings=8192)
     model = Qwen3Model(config)
-    model.save_pretrained(folder / "model")
+    dtype = getattr(torch, args.dtype)
+    model.to(dtype).save_pretrained(folder / "model")  # as served: half the bytes to write and read in bf16
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):  # the server loads one
         shutil.copy(qwen_tokenizer_dir() / name, folder / "model" / name)
     shapes = {n: (m.in_features, m.out_features) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -83,11 +85,26 @@ def build_assets(args, folder: Path) -> dict:
             tensors = {}
             for path, (fan_in, fan_out) in shapes.items():
                 if path.rsplit(".", 1)[-1] in targets:
-                    tensors[f"base_model.model.{path}.lora_A.weight"] = torch.randn(args.rank, fan_in) / fan_in ** 0.5
-                    tensors[f"base_model.model.{path}.lora_B.weight"] = torch.randn(fan_out, args.rank) * 0.01
+                    a, b = torch.randn(args.rank, fan_in) / fan_in ** 0.5, torch.randn(fan_out, args.rank) * 0.01
+                    tensors[f"base_model.model.{path}.lora_A.weight"] = a.to(dtype)
+                    tensors[f"base_model.model.{path}.lora_B.weight"] = b.to(dtype)
             save_file(tensors, out / "adapter_model.safetensors")
             adapters[kind].append((name, out))
     return {"model": folder / "model", **adapters}
+
+
+def pool_slots(args) -> int:
+    """Adapter slots of the benchmark model: every adapter built, plus one free. The GPU benchmarks' server
+    uses the same number, so its compiled graphs are the in-process model's (inductor's cache hits)."""
+    return 8 + max(8, args.many) + 1
+
+
+def model_config(args, model: Path, lora_paths: dict[str, str], **extra) -> dict:
+    """The benchmark model's YAML content, shared by the in-process table and the served model."""
+    return {"name": "bench/qwen3-0.6b-shaped", "model_path": str(model), "adapter": "torch", "dtype": args.dtype,
+            "compile": args.compile, "cuda_graphs": args.cuda_graphs, "lora_kernels": args.lora_kernels,
+            "adapter_options_loadtime": {"lora_paths": lora_paths, "max_loras_per_batch": 8,
+                                         "max_lora_rank": args.rank}, **extra}
 
 
 def our_model(args, assets):
@@ -96,15 +113,11 @@ def our_model(args, assets):
     from server.config import ServerSettings, model_config_from_dict
 
     every = assets["qkvo"] + assets["all7"]
-    config = model_config_from_dict({"name": "bench", "model_path": str(assets["model"]), "adapter": "torch",
-                                     "dtype": args.dtype, "compile": args.compile,
-                                     "cuda_graphs": args.cuda_graphs, "lora_kernels": args.lora_kernels,
-                                     "adapter_options_loadtime": {
-                                         "lora_paths": {n: str(p) for n, p in every},
-                                         "max_loras_per_batch": len(every), "max_lora_rank": args.rank}})
-    # The random model's vocabulary is smaller than the tokenizer's, so the text probe of the adapter-effect
+    config = model_config_from_dict(model_config(args, assets["model"], {n: str(p) for n, p in every}))
+    config = dataclasses.replace(config, adapters=dataclasses.replace(config.adapters, max_loras_per_batch=len(every)))
+    # The random model's vocabulary may be smaller than the tokenizer's, so the text probe of the adapter-effect
     # check would index past it; the benchmark feeds random ids and its adapters are non-zero by construction.
-    settings = ServerSettings(max_loras_per_model=len(every) + 1, device=args.device, allow_noop_adapters=True)
+    settings = ServerSettings(max_loras_per_model=pool_slots(args), device=args.device, allow_noop_adapters=True)
     return asyncio.run(load_model(config, settings, backend="torch"))
 
 

@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--words", type=lambda v: tuple(int(x) for x in v.split(",")), default=(4, 40),
                         help="words per item: MIN,MAX")
     parser.add_argument("--replicas", type=int, help="start the server scaled out on Ray Serve (needs .[ray])")
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds the server may take to be ready")
+    parser.add_argument("--server-log", help="write the started server's log here (default: discard it)")
     parser.add_argument("--json", help="write the report here (and a PNG beside it)")
     args = parser.parse_args(argv)
     if args.url and not args.url.startswith(("http://127.", "http://localhost", "http://[::1]")):
@@ -129,18 +131,41 @@ def error_code(response: httpx.Response) -> str:
         return str(response.status_code)
 
 
-def start_server(config: str, replicas: int | None = None) -> tuple[subprocess.Popen, str]:
+def start_server(config: str, replicas: int | None = None, ready_timeout: float = 600.0,
+                 log_path: Path | None = None) -> tuple[subprocess.Popen, str, float]:
+    """The server on a free loopback port, its log in `log_path`; (process, url, seconds to ready). A server
+    that never gets ready raises with the end of its log."""
     sys.path.insert(0, str(REPO))
     from tests.conftest import free_port, wait_ready
 
     port = free_port()
     scale = ["--replicas", str(replicas)] if replicas else []
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed with the process
+    started = time.perf_counter()
     process = subprocess.Popen([sys.executable, "launch.py", "--config", config, "--port", str(port),
-                                "--log-level", "warning", *scale], cwd=REPO, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, start_new_session=True)
+                                "--log-level", "info" if log_path else "warning", *scale], cwd=REPO,
+                               stdout=log, stderr=log, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    wait_ready(url, timeout=180)
-    return process, url
+    try:
+        wait_ready(url, timeout=ready_timeout, process=process)
+    except RuntimeError as exc:
+        stop_server(process)
+        tail = log_path.read_text()[-3000:] if log_path else ""
+        raise RuntimeError(f"{exc}\n{tail}") from None
+    return process, url, time.perf_counter() - started
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def startup_info(url: str, model: str) -> dict | None:
+    """The served model's start-up phases, compile count and CUDA graphs (None when scaled out)."""
+    return httpx.get(f"{url}/v1/models/{model}", timeout=10).json().get("startup")
 
 
 async def run_cell(send, args, concurrency: int, items: int, meter=None) -> dict:
@@ -184,7 +209,10 @@ async def inprocess_sweep(args, cells) -> dict:
 
     # The same SIE_* settings as the server it is compared with (which inherits this environment).
     settings = load_server_settings(env=os.environ, overrides={"device": args.device})
+    started = time.perf_counter()
     model = await load_model(load_model_config(args.config), settings, backend="torch")
+    args.inprocess_ready = {"ready_s": round(time.perf_counter() - started, 2),
+                            "compiles": model.backend.engine_stats().compiles}
     model.batcher.start()
     totals = [0, 0]
 
@@ -210,24 +238,26 @@ async def inprocess_sweep(args, cells) -> dict:
 
 async def main_async(args) -> dict:
     cells = [(int(c), int(i)) for i in args.items.split(",") for c in args.concurrency.split(",")]
-    process = None
-    url = args.url
+    process, url, server = None, args.url, {}
     if url is None:
-        process, url = start_server(args.config, args.replicas)
+        log_path = Path(args.server_log) if args.server_log else None
+        process, url, server["ready_s"] = start_server(args.config, args.replicas, args.ready_timeout, log_path)
+        server["startup_at_ready"] = startup_info(url, args.model)
     try:
         # Drop idle connections before uvicorn's 5 s keep-alive closes them under a request being sent.
         limits = httpx.Limits(max_connections=256, max_keepalive_connections=256, keepalive_expiry=3)
         async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
             http = await sweep(http_sender(client, args), args, cells, http_meter(client, args.model))
+        if process is not None:
+            server["startup_after_load"] = startup_info(url, args.model)  # a recompile under load shows here
     finally:
         if process is not None:
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=60)
+            stop_server(process)
     report = {"api": args.api, "model": args.model, "replicas": args.replicas, "http": http,
-              "cells": [f"c{c}_i{i}" for c, i in cells], "cpu_count": os.cpu_count()}
+              "cells": [f"c{c}_i{i}" for c, i in cells], "cpu_count": os.cpu_count(), "server": server}
     if args.compare_inprocess:
         inproc = await inprocess_sweep(args, cells)
-        report["inprocess"] = inproc
+        report["inprocess"], report["inprocess_model"] = inproc, args.inprocess_ready
         report["http_efficiency"] = {k: round(http[k]["items_per_s"] / inproc[k]["items_per_s"], 3)
                                      for k in http if inproc[k]["items_per_s"]}
         single = "c1_i1"

@@ -1,7 +1,8 @@
 """The GPU engine's in-process table: base tokens/s, paired LoRA overheads (one adapter, 8 mixed on q/k/v/o
-and on all seven linears, 64 mixed) and PEFT's mixed batch, at each batch shape of the grid, plus the
-single-query latency; one model and one set of adapters built once, measured as benchmarks/lora_overhead.py
-does (variants interleaved, medians of paired ratios).
+and on all seven linears, `--many` mixed) and PEFT's mixed batch, at each batch shape of the grid, plus the
+single-query latency (measured first, each cell printed as it ends); one model and one set of adapters built
+once, measured as benchmarks/lora_overhead.py does (variants interleaved, medians of paired ratios); the
+model's start-up phases and compile counts at ready and at the end (a recompile under the grid shows).
 
     python benchmarks/gpu/torch_bench.py --json benchmarks/out/gpu/torch_bench.json   # H100: 0.6B shapes, bf16
     python benchmarks/gpu/torch_bench.py --device cpu --dtype float32 --layers 1 --hidden 64 ...  # smoke
@@ -15,11 +16,13 @@ import importlib
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parents[1]  # the scripts this one drives
-TARGETS = {"base_tokens_per_s_64x512": 340_000, "overhead_all7_mixed8_64x512": 0.08, "overhead_1_qkvo_64x512": 0.05,
-           "overhead_all7_mixed8_16x256": 0.20, "single_query_ms": 5.0}
+# The open goals (GPU start-up issue: base and single query; fused-LoRA issue: overheads).
+TARGETS = {"base_tokens_per_s_64x512": 400_000, "overhead_all7_mixed8_64x512": 0.06,
+           "overhead_qkvo_mixed8_64x512": 0.04, "overhead_all7_mixed8_16x256": 0.08, "single_query_ms": 2.5}
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,20 +66,35 @@ def main(argv=None) -> dict:
                              "--rounds", own.rounds])
     with tempfile.TemporaryDirectory(prefix="torch-bench-") as tmp:
         assets = bench.build_assets(args, Path(tmp))
+        started = time.perf_counter()
         model = bench.our_model(args, assets)
+        engine = {"ready_s": round(time.perf_counter() - started, 2), "phases_s": model.startup_seconds(),
+                  "compiles_at_ready": model.backend.engine_stats().compiles}
         peft_pair = None if args.no_peft else bench.peft_model(args, assets)
-        cells = {f"{r}x{t}": measure_shape(bench, args, assets, model, peft_pair, r, t) for r, t in grid}
-        single = measure_shape(bench, args, assets, model, None, 1, own.single_tokens)
+        result = {"engine": engine, "cells": {}}
+        # The single query first (it fits any budget), then each cell; the JSON is rewritten after each, so a
+        # run stopped at its budget keeps what it measured.
+        result["single"] = measure_shape(bench, args, assets, model, None, 1, own.single_tokens)
+        save(own.json, result)
+        for rows, tokens in grid:
+            result["cells"][f"{rows}x{tokens}"] = measure_shape(bench, args, assets, model, peft_pair, rows, tokens)
+            save(own.json, result)
+        stats = model.backend.engine_stats()
+        engine.update(compiles_after=stats.compiles, graphs_captured=stats.graphs_captured,
+                      graphs_planned=stats.graphs_planned, phases_s=model.startup_seconds())
         asyncio.run(model.backend.close())
-    first = next(iter(cells.values()))
-    result = {"summary": summary(cells, single), "cells": cells, "single": single,
-              "machine": first["machine"], "torch": first["torch"], "commit": first["commit"]}
-    text = json.dumps(result, indent=2)
+    single = result["single"]
+    result.update(summary=summary(result["cells"], single), machine=single["machine"], torch=single["torch"],
+                  commit=single["commit"])
+    save(own.json, result)
     print(json.dumps(result["summary"], indent=2))
-    if own.json:
-        Path(own.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(own.json).write_text(text)
     return result
+
+
+def save(path: str | None, result: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
 from tests.conftest import REPO
 
@@ -51,29 +52,66 @@ def test_gpu_torch_bench_smoke(tmp_path):
                          "--many", "20", "--json", str(out)])
     assert set(result["cells"]) == {"4x16", "2x8"}
     summary = json.loads(out.read_text())["summary"]
-    assert summary["single_query_ms"]["target"] == 5.0 and summary["single_query_ms"]["measured"] > 0
+    assert summary["single_query_ms"]["target"] == 2.5 and summary["single_query_ms"]["measured"] > 0
     assert "overhead_all7_mixed8_4x16" in summary and "speedup_vs_peft_mixed8_4x16" in summary
+    engine = result["engine"]  # start-up phases and compile counts (the CPU default compiles nothing)
+    assert engine["compiles_at_ready"] == engine["compiles_after"] == 0 and "weights" in engine["phases_s"]
 
 
 def test_gpu_serve_bench_smoke(tmp_path):
-    """`make bench-gpu`'s HTTP vs in-process run, at tiny shapes on the CPU: every request answered."""
+    """`make bench-gpu`'s HTTP vs in-process run, at tiny shapes on the CPU: every request answered, seconds to
+    ready and the start-up phases of the served model, and a second start."""
     bench = load("serve_bench", "benchmarks/gpu")
     report = bench.main([*TINY, "--concurrency", "1,2", "--items", "1,2", "--words", "5,10", "--requests", "4",
-                         "--seconds", "5", "--json", str(tmp_path / "s.json")])
+                         "--seconds", "5", "--restart", "--json", str(tmp_path / "s.json")])
     assert set(report["http_efficiency"]) == {"c1_i1", "c2_i1", "c1_i2", "c2_i2"}
     assert all(cell["ok"] == cell["requests"] for cell in report["http"].values())
+    server = report["server"]
+    assert server["ready_s"] > 0 and list(server["startup_at_ready"]["phases_s"]) == ["tokenizer", "weights",
+                                                                                      "warm_up", "adapters"]
+    assert server["startup_after_load"]["compiles"] == 0 and report["restart"]["ready_s"] > 0
+
+
+def test_gpu_op_bench_smoke():
+    """One layer's linears with the Triton kernels (interpreter) and the bmm control, and the byte model."""
+    report = load("op_bench", "benchmarks/gpu").main(["--hidden", "64", "--heads", "4", "--kv-heads", "2",
+                                                      "--head-dim", "16", "--intermediate", "128", "--dtype",
+                                                      "float32", "--device", "cpu", "--grid", "2x16", "--rounds",
+                                                      "1", "--repeats", "1"])
+    cell = report["cells"]["2x16"]
+    assert cell["median_us"]["base"] > 0 and "overhead_triton" in cell and "overhead_bmm" in cell
+    # shrink: input + u (float32); expand: u + the output read and written; q 64->64, k/v 64->32, o 64->64,
+    # gate/up 64->128, down 128->64, rank 16, 4-byte elements
+    per_linear = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]
+    assert cell["lora_bytes_per_token_layer"] == sum(i * 4 + 64 + 64 + 2 * o * 4 for i, o in per_linear)
 
 
 def test_gpu_check_smoke(tmp_path):
     """`make gpu-check` end to end at tiny shapes on the CPU (the kernels in Triton's interpreter): every
-    stage runs and the table has a row per target."""
+    stage runs in order and the table has a row per target."""
     out = tmp_path / "gpu_check.json"
     report = load("gpu_check", "benchmarks/gpu").main(["--smoke", "--json", str(out)])
+    assert list(report["stages"]) == ["tests", "serve", "bench", "ops"]
     assert all(stage["status"] == "ok" for stage in report["stages"].values()), report["stages"]
-    assert len(report["table"]) == 7 and all(row["pass"] == "n/a (smoke)" for row in report["table"])
-    assert report["values"]["triton"]["big"]["overhead_all7_mixed8"] is not None
-    assert report["values"]["torch"]["single"]["base_ms"] > 0 and report["values"]["serve"]["c1_i1"]["p50_ms"] > 0
+    assert len(report["table"]) == 16 and all(row["pass"] == "n/a (smoke)" for row in report["table"])
+    values = report["values"]
+    assert values["bench"]["big"]["overhead_all7_mixed8"] is not None and values["bench"]["single"]["base_ms"] > 0
+    assert values["serve"]["c1_i1"]["p50_ms"] > 0 and values["serve"]["ready_s"] > 0
+    assert values["serve"]["recompiles"] == 0 and values["bench"]["recompiles"] == 0
+    assert values["ops"]["big"]["overhead_bmm"] is not None
     assert json.loads(out.read_text())["smoke"] is True
+
+
+def test_gpu_check_keeps_what_a_stage_measured_before_its_share_ran_out(tmp_path):
+    """A stage stopped at its share still reports what it wrote; later stages keep their reserved shares."""
+    gpu_check = load("gpu_check", "benchmarks/gpu")
+    out = tmp_path / "partial.json"
+    script = tmp_path / "slow.py"
+    script.write_text(f"import json, time\nopen({str(out)!r}, 'w').write(json.dumps({{'single': 1}}))\n"
+                      "time.sleep(60)\n")
+    result = gpu_check.stage([sys.executable, str(script)], 21, out)
+    assert result["status"].startswith("stopped at its share") and result["data"] == {"single": 1}
+    assert gpu_check.stage(["true"], 5)["status"] == "not run: budget spent"
 
 
 def test_multi_output_smoke(tmp_path):

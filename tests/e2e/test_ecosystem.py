@@ -176,7 +176,7 @@ def test_request_id_echoed_and_logged(server):
                for line in access)
     assert any(line["request_id"] == generated for line in access)
     progress = [line["message"] for line in lines if "[" in line["message"] and "/5]" in line["message"]]
-    assert any("[4/5] adapter finance" in message for message in progress)  # start-up progress as log lines
+    assert any("[5/5] adapter finance" in message for message in progress)  # start-up progress as log lines
 
 
 def test_openapi_and_docs(server):

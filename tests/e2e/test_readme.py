@@ -1,7 +1,8 @@
 """The README's snippets run as written against the demo (`launch.py` on a free port; only the port and
 the asset cache differ): every Python block in its own interpreter, every `curl` and `launch.py` line of
 the shell blocks, each curl answered with the status its comment names (2xx where none is named).
-Blocks that start other servers (`make`, Ray Serve) are not run here; the YAML block is a reference."""
+Blocks that start other servers (`make`, Ray Serve) or need a GPU node (marked so) are not run here; the YAML
+block is a reference."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from tests.conftest import REPO, launched_demo
 
 BLOCK = re.compile(r"^```(\w+)\n(.*?)^```", re.S | re.M)
-NOT_HERE = ("make ", "--replicas", "serve run")
+NOT_HERE = ("make ", "--replicas", "serve run", "# on a GPU node")
 
 
 def blocks() -> list[tuple[str, str]]:
