@@ -255,7 +255,7 @@ class LocalModel:
         size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, sizes)
         t1 = time.perf_counter()
         with self.answers.held(size):
-            rows = await self._run_rows(tokenized.input_ids, slot, frozenset(options.output_types))
+            rows = await self.batcher.run(tokenized.input_ids, slot, frozenset(options.output_types))
             t2 = time.perf_counter()
             answers = finish_rows([row.vector for row in rows], options, dims=options.dims or self.config.dims,
                                   normalize=self.config.normalize)
@@ -266,12 +266,3 @@ class LocalModel:
                             inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
                             truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut),
                             sparse=answers.sparse, multivector=answers.multivector, output_dims=sizes)
-
-    async def _run_rows(self, input_ids: list[list[int]], slot: int | None, outputs: frozenset[str]) -> list:
-        futures = self.batcher.submit(input_ids, slot, outputs)
-        try:
-            return await asyncio.gather(*futures)
-        except asyncio.CancelledError:
-            for future in futures:
-                future.cancel()
-            raise

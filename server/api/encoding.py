@@ -51,22 +51,26 @@ def result_headers(result: EncodeResult) -> dict[str, str]:
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
-    """Run `work`, cancelling it (and so dropping its rows from pending batches) if the client leaves."""
-    task = asyncio.ensure_future(work)
+    """Run `work` in this task, cancelling it (and so dropping its rows from pending batches) if the client
+    leaves: one watcher task beside it, not a second task for the work (a lone request's fixed cost)."""
+    this, left = asyncio.current_task(), asyncio.Event()
 
     async def client_left() -> None:
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        left.set()
+        this.cancel()
 
     watcher = asyncio.ensure_future(client_left())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if not left.is_set():
+            raise  # cancelled from outside (shutdown): not the client's doing
+        this.uncancel()
+        raise client_gone() from None
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise client_gone()
-    return task.result()
 
 
 async def run_encode(ctx: AppContext, encode: EncodeRequest, request: Request,

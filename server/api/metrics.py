@@ -129,6 +129,7 @@ class Metrics:
         self.batch_adapters = Histogram("sie_batch_adapters", "Distinct adapters (base counts) per forward batch",
                                         ["model"], buckets=SIZE_BUCKETS, registry=r)
         r.register(ModelCollector(models))
+        self._children: dict = {}
 
     def adapter_label(self, model: str, adapter: str | None) -> str:
         """Known adapters by name; anything else collapses to one label (client input has no cardinality)."""
@@ -138,13 +139,26 @@ class Metrics:
         return adapter if served is not None and served.adapters.known(adapter) else "other"
 
     def batch_observer(self, model: str) -> Callable[[BatchShape], None]:
+        rows, tokens, adapters = (metric.labels(model) for metric in (self.batch_rows, self.batch_tokens,
+                                                                       self.batch_adapters))
+        real, padding = self.batch_token_kinds.labels(model, "real"), self.batch_token_kinds.labels(model, "padding")
+
         def observe(batch: BatchShape) -> None:
-            self.batch_rows.labels(model).observe(batch.rows)
-            self.batch_tokens.labels(model).observe(batch.padded_tokens)
-            self.batch_token_kinds.labels(model, "real").inc(batch.tokens)
-            self.batch_token_kinds.labels(model, "padding").inc(batch.padded_tokens - batch.tokens)
-            self.batch_adapters.labels(model).observe(batch.adapters)
+            rows.observe(batch.rows)
+            tokens.observe(batch.padded_tokens)
+            real.inc(batch.tokens)
+            padding.inc(batch.padded_tokens - batch.tokens)
+            adapters.observe(batch.adapters)
         return observe
+
+    def _child(self, metric, *values: str):
+        """`metric.labels(*values)`, remembered: a request records seven series, and the label sets are bounded
+        (served models, known adapters, statuses), so the lookup is a dict's, not prometheus-client's."""
+        key = (metric, values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*values)
+        return child
 
     @contextmanager
     def track(self, api: str, model: str = "other") -> Iterator[RequestTrack]:
@@ -164,15 +178,16 @@ class Metrics:
         finally:
             model_label = track.model if track.model in self.models else "other"
             adapter = self.adapter_label(track.model, track.adapter)
-            self.requests.labels(api, model_label, adapter, str(status)).inc()
-            self.latency.labels(api, model_label, adapter).observe(time.perf_counter() - started)
+            child = self._child
+            child(self.requests, api, model_label, adapter, str(status)).inc()
+            child(self.latency, api, model_label, adapter).observe(time.perf_counter() - started)
             if status == 200:
-                self.items.labels(model_label, adapter).inc(track.items)
-                self.truncated.labels(model_label, adapter).inc(track.truncated)
-                self.tokens.labels(model_label, adapter).inc(track.tokens)
+                child(self.items, model_label, adapter).inc(track.items)
+                child(self.truncated, model_label, adapter).inc(track.truncated)
+                child(self.tokens, model_label, adapter).inc(track.tokens)
                 if track.queue_s is not None:
-                    self.queue.labels(model_label).observe(track.queue_s)
-                    self.inference.labels(model_label).observe(track.inference_s)
+                    child(self.queue, model_label).observe(track.queue_s)
+                    child(self.inference, model_label).observe(track.inference_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -67,11 +67,14 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int,
     return torch.from_numpy(ids).to(device, non_blocking=True), torch.tensor(lengths, device=device)
 
 
-def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str) -> torch.Tensor:
+def pool(hidden: torch.Tensor, lengths: torch.Tensor, how: str, padded: bool = True) -> torch.Tensor:
+    """`padded` False: every row fills the batch's length (a lone row), so mean pooling needs no mask."""
     if how == "last":
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), lengths - 1]
     if how == "cls":
         return hidden[:, 0]
+    if not padded:
+        return hidden.mean(dim=1)
     mask = (torch.arange(hidden.shape[1], device=hidden.device)[None, :] < lengths[:, None]).to(hidden.dtype)
     return (hidden * mask[..., None]).sum(dim=1) / lengths[:, None].to(hidden.dtype)
 
@@ -93,11 +96,13 @@ def prepared_causal_mask(model: nn.Module) -> dict | None:
 
 
 def hidden_states(model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor, layout: ModelLayout,
-                  causal_mask: dict | None = None) -> torch.Tensor:
+                  causal_mask: dict | None = None, padded: bool = True) -> torch.Tensor:
     """The last hidden states [rows, longest, hidden] of right-padded rows. Decoders run without a mask
     (`causal_mask`, from `prepared_causal_mask`, says so explicitly where the model takes it): with causal
     attention a real token never sees the padding after it, and SDPA keeps its fast `is_causal` path.
-    Encoders attend both ways, so padding is masked out."""
+    Encoders attend both ways, so padding is masked out (`padded` False: no row has any, so no mask)."""
+    if layout.encoder and not padded:
+        return model(input_ids=input_ids).last_hidden_state
     if layout.encoder:
         mask = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :] < lengths[:, None]
         return model(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state

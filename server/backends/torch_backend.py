@@ -216,7 +216,7 @@ class TorchBackend(Backend):
         self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
         try:
             return order, input_ids, lengths, hidden_states(self.model, input_ids, lengths, self.layout,
-                                                            self._causal_mask)
+                                                            self._causal_mask, padded=_padded(batch))
         finally:
             self._plan.clear()
 
@@ -228,7 +228,9 @@ class TorchBackend(Backend):
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
             return self._static(input_ids, lengths, self._static_slots(slots)).float().cpu().numpy()
         order, _, lengths, hidden = self._hidden(batch, slots)
-        pooled = pool(hidden, lengths, self.layout.pooling).float()
+        pooled = pool(hidden, lengths, self.layout.pooling, padded=_padded(batch)).float()
+        if order == sorted(order):  # already in row order (one adapter, or rows sorted by slot)
+            return pooled.cpu().numpy()
         result = torch.empty_like(pooled)
         result[torch.tensor(order, device=pooled.device)] = pooled
         return result.cpu().numpy()
@@ -244,3 +246,8 @@ class TorchBackend(Backend):
         for position, row in enumerate(order):
             result[row] = outputs[position]
         return result
+
+
+def _padded(batch: TokenBatch) -> bool:
+    first = len(batch.input_ids[0])
+    return any(len(ids) != first for ids in batch.input_ids)

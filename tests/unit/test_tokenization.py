@@ -86,3 +86,31 @@ def test_error_policy_refuses_a_huge_text_without_tokenising_it(tokenizer):
     huge = "word " * 3_000_000  # 15 MB
     with pytest.raises(errors.InputTooLong, match="more than 8 tokens"):
         tokenizer.clip([huge], overflow="error")
+
+
+def test_the_rust_tokenizer_is_called_directly_when_it_gives_the_same_ids(tokenizer):
+    """The direct call (a private copy of the Rust tokenizer) is chosen only after it matched the wrapper on
+    probe texts, and its ids equal the wrapper's on other texts too."""
+    texts = ["hello world", "<|im_start|>user\nhi<|im_end|>", "ünïcödé  and   spaces", "tabs\tand\nlines", "x" * 300]
+    assert tokenizer._rust is not None and tokenizer._rust is not tokenizer.hf._tokenizer
+    assert tokenizer._encode(texts) == tokenizer.hf(texts, add_special_tokens=True,
+                                                    return_attention_mask=False)["input_ids"]
+
+
+def test_a_tokenizer_whose_file_truncates_is_still_called_without_truncation(demo_dirs, tmp_path):
+    """A tokenizer.json may carry truncation (MiniLM's says 128): the direct call's copy has it off, as the
+    wrapper calls it, so long texts keep every token (ours truncates, keeping the final token)."""
+    import json
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "tok"
+    shutil.copytree(demo_dirs["model"], folder)
+    data = json.loads((folder / "tokenizer.json").read_text())
+    data["truncation"] = {"direction": "Right", "max_length": 4, "strategy": "LongestFirst", "stride": 0}
+    (folder / "tokenizer.json").write_text(json.dumps(data))
+    truncating = TextTokenizer(AutoTokenizer.from_pretrained(folder), max_seq_len=64, query_template="{text}",
+                               default_instruction=None)
+    assert truncating._rust is not None
+    assert len(truncating.tokenize(["one two three four five six seven"]).input_ids[0]) == 8  # 7 words + EOS
