@@ -4,9 +4,7 @@ A batch always contains the oldest waiting row (first come, first served: nothin
 filled from a look-ahead window with the rows closest in length to it (less padding), within the
 padded-token budget and at most `max_loras_per_batch` distinct adapters (base counts as one).
 Rows of other adapters wait for the next batch; rows asking for different outputs (dense, sparse,
-multivector) share a batch. The forward runs off the event loop, one batch at a time. A request that finds
-nothing waiting and nothing running (and no batch wait configured) is its own batch at once, sent from its
-own task: a lone request does not wait for the batching loop to wake.
+multivector) share a batch. The forward runs off the event loop, one batch at a time.
 """
 
 from __future__ import annotations
@@ -150,17 +148,9 @@ class Batcher:
 
     async def run(self, input_ids: Sequence[Sequence[int]], slot: int | None,
                   outputs: frozenset[str] = DENSE_ONLY) -> list[RowResult]:
-        """`submit` and wait for every row; a cancelled wait drops the rows not yet run."""
-        if not self._waiting and not self.running and self.limits.max_batch_wait_ms == 0:
-            lengths = [len(ids) for ids in input_ids]
-            self.check_room(len(lengths), sum(lengths))
-            if len(plan_batch(lengths, [slot] * len(lengths), max_tokens=self.limits.max_batch_tokens,
-                              max_adapters=self.limits.max_loras_per_batch,
-                              max_padding=self.limits.max_padding)) == len(lengths):
-                loop = asyncio.get_running_loop()
-                rows = [_Row(ids, slot, loop.create_future(), outputs) for ids in input_ids]
-                await self._execute(rows)
-                return [row.future.result() for row in rows]
+        """`submit` and wait for every row; a cancelled wait drops the rows not yet run. Even a lone request
+        goes through the loop: requests that arrive in one burst are handled in one turn of the event loop,
+        and the loop, running after that turn, batches them together."""
         futures = self.submit(input_ids, slot, outputs)
         try:
             return await asyncio.gather(*futures)
@@ -194,7 +184,7 @@ class Batcher:
 
     async def _loop(self) -> None:
         while True:
-            if not self._waiting or self.running:  # running: a request's own batch (`run`); it wakes us after
+            if not self._waiting:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -223,8 +213,6 @@ class Batcher:
             return
         finally:
             self.running = ()
-            if self._waiting:
-                self._wakeup.set()
         finished = time.perf_counter()
         for row, vector in zip(batch, vectors):
             if not row.future.done():

@@ -184,60 +184,38 @@ def test_rows_asking_different_outputs_share_a_batch():
     assert first.outputs == [frozenset({"dense"})] and second.outputs == [frozenset({"sparse", "multivector"})]
 
 
-def test_a_lone_request_is_its_own_batch_at_once_from_its_own_task():
-    """Nothing waiting, nothing running, no batch wait: `run` sends the rows itself (the loop is not even
-    started here); with a batch wait configured the rows queue for the loop as before."""
+def test_a_burst_of_lone_requests_shares_one_batch():
+    """Requests handled in one turn of the event loop (a burst on many connections) each call `run`; the
+    loop runs after that turn and batches them together, rather than the first going alone."""
     async def scenario():
         recorder = Recorder()
-        batcher = Batcher(recorder, limits(max_batch_wait_ms=0))
-        rows = await batcher.run([[7, 0], [8, 0]], "a")
-        waiting = Batcher(recorder, limits(max_batch_wait_ms=5))
-        queued = asyncio.ensure_future(waiting.run([[9]], None))
-        await asyncio.sleep(0.02)
-        return recorder, rows, queued.done(), waiting.queue_depth, queued
-
-    recorder, rows, done, depth, queued = run(scenario())
-    assert [r.vector[0] for r in rows] == [7, 8] and recorder.batches[0].slots == ["a", "a"]
-    assert not done and depth == 1  # no loop started for the waiting batcher: it stays queued
-    queued.cancel()
-
-
-def test_requests_arriving_during_a_lone_batch_queue_for_the_next_one():
-    async def scenario():
-        recorder = Recorder()
-        recorder.gate.clear()
         batcher = Batcher(recorder, limits(max_batch_wait_ms=0))
         batcher.start()
-        lone = asyncio.ensure_future(batcher.run([[1]], None))
-        await asyncio.sleep(0.01)  # the lone batch is in the forward (blocked on the gate)
-        later = [asyncio.ensure_future(batcher.run([[i]], "a")) for i in (2, 3)]
-        await asyncio.sleep(0.01)
-        assert batcher.queue_depth == 2 and len(recorder.batches) == 0  # not run beside the lone batch
-        recorder.gate.set()
-        results = await asyncio.gather(lone, *later)
+        results = await asyncio.gather(*(batcher.run([[i]], None) for i in range(8)))
         await batcher.stop()
         return recorder, results
 
     recorder, results = run(scenario())
-    assert [list(b.input_ids) for b in recorder.batches] == [[[1]], [[2], [3]]]  # the two shared one batch
-    assert [r[0].vector[0] for r in results] == [1, 2, 3]
+    assert [list(b.input_ids) for b in recorder.batches] == [[[i] for i in range(8)]]
+    assert [r[0].vector[0] for r in results] == list(range(8))
 
 
-def test_a_cancelled_lone_batch_leaves_the_batcher_serving():
+def test_a_cancelled_wait_drops_its_rows():
     async def scenario():
         recorder = Recorder()
         recorder.gate.clear()
         batcher = Batcher(recorder, limits(max_batch_wait_ms=0))
         batcher.start()
-        lone = asyncio.ensure_future(batcher.run([[1]], None))
+        first = asyncio.ensure_future(batcher.run([[1]], None))
+        await asyncio.sleep(0.01)  # the first batch is in the forward (blocked on the gate)
+        gone = asyncio.ensure_future(batcher.run([[2]], None))
+        kept = asyncio.ensure_future(batcher.run([[3]], None))
         await asyncio.sleep(0.01)
-        queued = asyncio.ensure_future(batcher.run([[2]], None))
-        await asyncio.sleep(0.01)
-        lone.cancel()  # the client left during its forward
+        gone.cancel()
         recorder.gate.set()
-        result = await queued
+        await asyncio.gather(first, kept)
         await batcher.stop()
-        return result, batcher.running
+        return recorder
 
-    result, running = run(scenario())
-    assert result[0].vector[0] == 2 and running == ()
+    recorder = run(scenario())
+    assert [list(b.input_ids) for b in recorder.batches] == [[[1]], [[3]]]
