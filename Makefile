@@ -10,7 +10,7 @@ REPLICAS ?= 2
 # CONFIG may name several model YAMLs (space-separated): one server serves them all.
 CONFIGS  = $(foreach config,$(CONFIG),--config $(config))
 
-.PHONY: venv run run-scaleout lint test test-sglang test-scaleout test-real test-multioutput test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
+.PHONY: venv run run-scaleout lint test test-soak test-sglang test-scaleout test-real test-multioutput test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,13 @@ lint: venv
 test: venv lint
 	$(BIN)/python -m pytest -q
 
+# The long soak, the soak with four other processes keeping the cores busy, and the shutdown tests on a busy
+# machine (MLE_TEST_BUSY: the test session's own spinning processes). About 15 minutes on 2 cores.
+test-soak: venv
+	$(BIN)/python -m pytest -q -m soak tests/soak
+	MLE_TEST_BUSY=4 $(BIN)/python -m pytest -q tests/e2e/test_soak.py tests/e2e/test_shutdown_during_load.py \
+		tests/e2e/test_reliability.py::test_sigterm_drains_then_exits_zero tests/unit/test_close_listener.py
+
 # Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and docs/spec/SGLANG.md).
 test-sglang:
 	bash tests/sglang/setup_venv.sh
@@ -86,8 +93,9 @@ test-real: $(VENV)/.real-installed
 
 # Train an adapter on the FAQ's train split for each real model, hot-load it, evaluate base vs adapter.
 DEMO_MODELS ?= all-minilm-l6-v2 smollm2-135m
+DEMO_PORT ?=
 demo-adapter: $(VENV)/.real-installed
-	$(BIN)/python -m server.adapt.demo $(DEMO_MODELS)
+	$(BIN)/python -m server.adapt.demo $(if $(DEMO_PORT),--port $(DEMO_PORT)) $(DEMO_MODELS)
 
 # GPU engine measurements (a CUDA machine; the packages may be preinstalled there rather than in .venv).
 BENCH_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))

@@ -5,8 +5,11 @@ optionally one SIGTERM-restart cycle; every good answer is checked against a ref
     python benchmarks/soak.py --requests 4000 --duration 240 --restart   # a fixed count, the time a limit
     python benchmarks/soak.py --duration 600 --json benchmarks/out/soak-10min.json --restart
 
-Report keys: sent, answered_by_status, lost (sent, never answered), refused (connection refused, never
-sent: the restart gap), wrong_vectors, server_errors (5xx other than 503), rss_growth_mb.
+Report keys: sent, answered_by_status, lost (sent, never answered: the connection closed or reset under
+the request), lost_by_error (which error each was), timed_out (sent, no answer within the client's
+--timeout: counted apart, a slow answer is not a dropped one), refused (connection refused, never sent: the
+restart gap), wrong_vectors, server_errors (5xx other than 503), rss_growth_mb. `--busy N` keeps N other
+processes spinning on the CPU throughout (a shared, loaded machine).
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--bad-fraction", type=float, default=0.10)
     parser.add_argument("--restart", action="store_true", help="one SIGTERM + restart cycle half way through")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timeout", type=float, default=60.0, help="the client's seconds for one answer")
+    parser.add_argument("--busy", type=int, default=0, help="processes kept spinning on the CPU meanwhile")
     parser.add_argument("--json")
     return parser.parse_args(argv)
 
@@ -131,8 +136,9 @@ class Tally:
     def __init__(self, limit: int | None = None):
         self.limit = limit  # requests to start at most (None: no count, only the duration)
         self.started = 0
-        self.sent = self.lost = self.refused = self.wrong = self.server_errors = 0
+        self.sent = self.lost = self.timed_out = self.refused = self.wrong = self.server_errors = 0
         self.by_status: dict[str, int] = {}
+        self.lost_by_error: dict[str, int] = {}
 
     def take(self) -> bool:
         """Whether another request may start (the count is not spent)."""
@@ -172,9 +178,15 @@ async def one_request(client, rng, texts, table, tally: Tally, bad_fraction: flo
         tally.refused += 1
         tally.started -= 1  # never sent: it does not count against --requests
         return
-    except httpx.HTTPError:
+    except httpx.TimeoutException:
+        tally.sent += 1
+        tally.timed_out += 1
+        return
+    except httpx.HTTPError as exc:
         tally.sent += 1
         tally.lost += 1
+        name = f"{type(exc).__name__}: {exc}"[:120]
+        tally.lost_by_error[name] = tally.lost_by_error.get(name, 0) + 1
         return
     tally.sent += 1
     tally.answered(response)
@@ -197,7 +209,7 @@ async def one_request(client, rng, texts, table, tally: Tally, bad_fraction: flo
 async def drive(server: Server, args, texts, table, tally: Tally, until: float) -> None:
     rng = random.Random(args.seed)
     limits = httpx.Limits(max_connections=args.concurrency * 2)
-    async with httpx.AsyncClient(base_url=server.url, timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=server.url, timeout=args.timeout, limits=limits) as client:
         async def worker(index: int):
             local = random.Random(args.seed * 1000 + index)
             while time.monotonic() < until and tally.take():
@@ -209,9 +221,21 @@ async def drive(server: Server, args, texts, table, tally: Tally, until: float) 
 
 
 def main(argv=None) -> dict:
+    args = parse_args(argv)
+    busy = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(args.busy)]
+    try:
+        return soak(args)
+    finally:
+        for process in busy:
+            process.kill()
+
+
+SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
+
+
+def soak(args) -> dict:
     from tests.conftest import free_port
 
-    args = parse_args(argv)
     texts = text_pool(random.Random(args.seed))
     table = references(texts)
     server = Server(free_port(), queue_items=max(64, args.concurrency * 4))
@@ -251,9 +275,10 @@ def main(argv=None) -> dict:
     report = {"duration_s": round(time.monotonic() - started, 1), "concurrency": args.concurrency,
               "requests_limit": args.requests, "sent": tally.sent,
               "answered_by_status": dict(sorted(tally.by_status.items())), "lost": tally.lost,
-              "refused": tally.refused, "wrong_vectors": tally.wrong, "server_errors": tally.server_errors,
+              "lost_by_error": tally.lost_by_error, "timed_out": tally.timed_out, "refused": tally.refused,
+              "wrong_vectors": tally.wrong, "server_errors": tally.server_errors,
               "rss_growth_mb": round(rss_end - rss_start, 1), "restarts": int(args.restart),
-              "exit_codes": exit_codes}
+              "exit_codes": exit_codes, "busy": args.busy}
     text = json.dumps(report, indent=2)
     print(text)
     if args.json:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from server import errors
 from server.backends import check_fits, create_backend, pick_device, resolve_backend_kind
 from server.backends.hf_model import import_transformers
 from server.config import ConfigError, ModelConfig, ServerSettings, adapters_on_demand
@@ -34,11 +35,11 @@ async def check_model(config: ModelConfig, settings: ServerSettings, *, backend:
         await model.load()
         kind = resolve_backend_kind(backend or config.backend, pick_device(settings.device), config)
         check_fits(kind, model.backend.layout, config)
-        for name, source in _servable(config, model.adapters.sources.dynamic.roots).items():
-            try:
-                infos[name] = await model.adapters.inspect(name, source)
-            except OPERATOR_ERRORS as exc:
-                problems.append(str(exc))
+        for name in _servable(config, model.adapters.sources.dynamic.roots):
+            try:  # where the server would load it from, by the server's own rule (symlinks leaving a root...)
+                infos[name] = await model.adapters.inspect(name, model.adapters.source_for(name))
+            except (*OPERATOR_ERRORS, errors.UnknownAdapter) as exc:
+                problems.append(exc.message if isinstance(exc, errors.UnknownAdapter) else str(exc))
     finally:
         await model.stop()
     if problems:
@@ -47,13 +48,13 @@ async def check_model(config: ModelConfig, settings: ServerSettings, *, backend:
     return _describe(config, model, kind, infos)
 
 
-def _servable(config: ModelConfig, roots) -> dict[str, str]:
-    """Every adapter the model would serve by name: `lora_paths`, then each folder under its roots."""
-    named = dict(config.adapters.lora_paths)
+def _servable(config: ModelConfig, roots) -> list[str]:
+    """Every adapter name the model would serve: `lora_paths`, then each folder under its roots."""
+    named = dict.fromkeys(config.adapters.lora_paths)
     for root in roots:
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            named.setdefault(folder.name, str(folder))
-    return named
+            named.setdefault(folder.name)
+    return list(named)
 
 
 def _describe(config: ModelConfig, model: LocalModel, kind: str, infos: dict) -> list[str]:

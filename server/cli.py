@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import importlib.util
 import logging
 import os
 import sys
 
+from server.adapt.commands import program
 from server.config import (
     SETTINGS_FIELDS,
     SETTINGS_HELP,
@@ -29,7 +31,7 @@ log = logging.getLogger("launch")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py", description="Multi-LoRA embedding server",
+    parser = argparse.ArgumentParser(prog=program(), description="Multi-LoRA embedding server",
                                      formatter_class=HelpFormatter)
     parser.add_argument("command", nargs="?", choices=["serve", "check", "warm", "train", "eval"], default="serve",
                         help="warm: load as serve does, write the compiled kernels to --out for other nodes (same "
@@ -184,6 +186,12 @@ def serve(args: argparse.Namespace, settings: ServerSettings, models) -> int:
         # A load cut short leaves its worker (a conversion, a checkpoint read) running: end now rather than
         # let interpreter shutdown wait on, or tear down, a thread inside torch; a start cleans its temp folders.
         log.warning("exiting with a model load abandoned")
-        logging.shutdown()
-        os._exit(code)
-    return code
+    else:
+        # Everything is stopped and answered; the interpreter's own teardown (freeing a model object by object)
+        # would take seconds more with nothing to show for it. Exit handlers still run.
+        log.info("exiting (status %d)", code)
+        atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

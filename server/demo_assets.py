@@ -12,6 +12,7 @@ import importlib.util
 import os
 import shutil
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -132,7 +133,9 @@ def build_adapter(model_dir: Path, folder: Path, seed: int, targets: tuple[str, 
     torch.manual_seed(seed)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=list(targets), lora_dropout=0.0,
                         init_lora_weights=False)
-    get_peft_model(base, config).save_pretrained(folder, safe_serialization=True)
+    with warnings.catch_warnings():  # PEFT 0.21 reads transformers' deprecated is_gradient_checkpointing
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        get_peft_model(base, config).save_pretrained(folder, safe_serialization=True)
 
 
 def builtin_folders() -> dict[str, str]:

@@ -7,18 +7,21 @@ from collections.abc import Iterable
 
 
 class ServingError(Exception):
-    """Base of every error a client can be told about; the message is written for that client."""
+    """Base of every error a client can be told about; the message is written for that client. `said`: the
+    client's own words the message quotes (an adapter name, a source): shown as sent, even where they look
+    like a path of the server's file system (those are hidden everywhere else)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, *, said: tuple[str, ...] = ()):
         super().__init__(message)
         self.message = message
+        self.said = said
 
 
 class InvalidInput(ServingError):
     """The request itself is wrong (shape, types, values); `field` names the request field at fault."""
 
-    def __init__(self, message: str, *, field: str | None = None):
-        super().__init__(message)
+    def __init__(self, message: str, *, field: str | None = None, said: tuple[str, ...] = ()):
+        super().__init__(message, said=said)
         self.field = field
 
 
@@ -75,8 +78,12 @@ class QueueFull(ServingError):
 
 
 class AdapterCapacityFull(QueueFull):
-    """No slot for another adapter now: every resident adapter is pinned or busy. Never remembered as
-    the adapter's failure."""
+    """No slot for another adapter now: every resident adapter is busy. Never remembered as the adapter's
+    failure."""
+
+
+class AdapterPoolPinned(AdapterCapacityFull):
+    """No slot for another adapter until an operator frees one: every slot holds a pinned adapter."""
 
 
 class ShuttingDown(ServingError):
@@ -98,4 +105,4 @@ def unknown_profile(profile: str, model: str, available: Iterable[str]) -> Unkno
 
 
 def model_not_found(model: str, available: Iterable[str]) -> ModelNotFound:
-    return ModelNotFound(f"model {model!r} is not served here; available: {listed(available)}")
+    return ModelNotFound(f"model {model!r} is not served here; available: {listed(available)}", said=(model,))

@@ -34,11 +34,20 @@ class PublicPaths:
             top_level = frozenset()
         return cls(tuple(sorted(pairs.items(), key=lambda pair: -len(pair[0]))), top_level)
 
-    def hide(self, text: str) -> str:
+    def hide(self, text: str, keep: tuple[str, ...] = ()) -> str:
+        """`text` with server paths shown as written or cut; `keep`: the client's own words, left as sent where
+        the message quotes them whole (`repr`), so a word can never uncover the rest of a server path."""
+        quoted = (repr(word) for word in keep if word)
+        kept = {f"\x00{index}\x00": said for index, said in enumerate(q for q in quoted if q in text)}
+        for mark, said in kept.items():
+            text = text.replace(said, mark)
         for folder, shown in self.aliases:
             if folder in text:
                 text = re.sub(re.escape(folder) + r"(?=$|[/\s'\"`,;:()\]}>])", lambda _, s=shown: s, text)
-        return ABSOLUTE_PATH.sub(self._cut, text)
+        text = ABSOLUTE_PATH.sub(self._cut, text)
+        for mark, said in kept.items():
+            text = text.replace(mark, said)
+        return text
 
     def _cut(self, match: re.Match) -> str:
         path = match.group(0)

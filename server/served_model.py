@@ -92,6 +92,9 @@ class AdapterCatalog(Protocol):
     def known(self, name: str) -> bool:
         """Whether `name` is an adapter of this model (metric labels stay bounded by this)."""
 
+    def loadable(self, name: str) -> bool:
+        """Known, or one a request for it would load (under an adapter root, or admitted by `lora_allow`)."""
+
     def describe(self) -> list[dict]: ...
 
 

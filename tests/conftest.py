@@ -30,6 +30,20 @@ def pytest_configure(config):
         os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def busy_machine():
+    """With MLE_TEST_BUSY=N (`make test-soak`), N other processes keep the cores busy for the whole session: the
+    soak and shutdown tests must hold on a shared, loaded machine too."""
+    import subprocess
+    import sys
+
+    spin = "import time\nend = time.time() + 3600\nwhile time.time() < end:\n    pass\n"
+    busy = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(int(os.environ.get("MLE_TEST_BUSY", "0")))]
+    yield len(busy)
+    for process in busy:
+        process.kill()
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

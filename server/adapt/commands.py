@@ -15,8 +15,14 @@ from server.config import ConfigError, HelpFormatter, load_model_config
 log = logging.getLogger("launch")
 
 
+def program() -> str:
+    """How this command was started: `launch.py`, or the installed `multilora-embed`."""
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "launch.py"
+    return name if name in ("launch.py", "multilora-embed") else "launch.py"
+
+
 def train_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py train", formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog=f"{program()} train", formatter_class=HelpFormatter,
                                      description="Train a PEFT LoRA adapter for an embedder "
                                      "from JSONL pairs {query, positive[, negative]} (in-batch negatives)")
     parser.add_argument("--config", required=True, help="the model YAML the adapter is for")
@@ -46,7 +52,7 @@ def train_parser() -> argparse.ArgumentParser:
 
 
 def eval_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="launch.py eval", formatter_class=HelpFormatter,
+    parser = argparse.ArgumentParser(prog=f"{program()} eval", formatter_class=HelpFormatter,
                                      description="Retrieval metrics (recall@1/5/10, "
                                      "MRR@10, NDCG@10) of the base model and adapters, through a running server")
     parser.add_argument("--url", default="http://127.0.0.1:8080", help="the running server")
@@ -96,6 +102,7 @@ def run_eval(argv: list[str]) -> int:
     from server.adapt.evaluate import EvalRefused, EvalTask, corpus_of, evaluate, markdown_table, write_report
 
     args = eval_parser().parse_args(argv)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per encode call otherwise
     pairs = read_pairs(args.pairs)
     corpus = corpus_of(pairs, read_corpus(args.corpus) if args.corpus else ())
     task = EvalTask(url=args.url, model=args.model, pairs=pairs, corpus=corpus, adapters=args.adapter,

@@ -2,7 +2,7 @@
 with `launch.py`, hot-load the adapter through the admin API, evaluate base vs adapter on the held-out
 split through the SIE SDK, and write `benchmarks/out/demo-adapter/<model>.json|png`.
 
-Usage: python -m server.adapt.demo [all-minilm-l6-v2] [smollm2-135m]
+Usage: python -m server.adapt.demo [--port N] [all-minilm-l6-v2] [smollm2-135m]   (default: a free port)
 """
 
 from __future__ import annotations
@@ -51,11 +51,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def served(config_path: str, timeout: float = 300.0):
-    """`launch.py --config <config_path>` on a free loopback port until the block ends; yields its URL."""
+def served(config_path: str, timeout: float = 300.0, port: int | None = None):
+    """`launch.py --config <config_path>` on loopback (`port`, else a free one) until the block ends; yields
+    its URL."""
     import httpx
 
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen([sys.executable, "launch.py", "--config", config_path, "--port", str(port),
                                 "--log-level", "warning"])
     url = f"http://127.0.0.1:{port}"
@@ -85,7 +86,7 @@ def hot_load(url: str, model: str, adapter: str) -> dict:
     return response.json()
 
 
-def run_model(slug: str, split, out_dir: Path) -> dict:
+def run_model(slug: str, split, out_dir: Path, port: int | None = None) -> dict:
     recipe = RECIPES[slug]
     config = load_model_config(recipe.config)
     adapter_dir = Path(config.lora_roots[0]) / ADAPTER
@@ -93,7 +94,7 @@ def run_model(slug: str, split, out_dir: Path) -> dict:
     started = time.perf_counter()
     losses = train_adapter(config, split.train, recipe.train, adapter_dir, on_step=log_progress)
     trained_s = time.perf_counter() - started
-    with served(recipe.config) as url:
+    with served(recipe.config, port=port) as url:
         hot_load(url, config.name, ADAPTER)
         report = evaluate(EvalTask(url=url, model=config.name, pairs=split.test, corpus=split.corpus,
                                    adapters=[ADAPTER]))
@@ -108,6 +109,12 @@ def run_model(slug: str, split, out_dir: Path) -> dict:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per encode call otherwise
+    port = None
+    if argv[:1] == ["--port"]:
+        if len(argv) < 2 or not argv[1].isdigit():
+            print("error: --port needs a port number", file=sys.stderr)
+            return 2
+        port, argv = int(argv[1]), argv[2:]
     slugs = argv or list(RECIPES)
     unknown = [s for s in slugs if s not in RECIPES]
     if unknown:
@@ -119,7 +126,7 @@ def main(argv: list[str]) -> int:
     log.info("FAQ split: %d train, %d test, %d documents (%s)", len(split.train), len(split.test),
              len(split.corpus), paths["train"].parent)
     started = time.perf_counter()
-    tables = {slug: markdown_table(run_model(slug, split, OUT)) for slug in slugs}
+    tables = {slug: markdown_table(run_model(slug, split, OUT, port)) for slug in slugs}
     for slug, table in tables.items():
         print(f"\n{slug} (held-out questions, all {len(split.corpus)} answers ranked)\n{table}", flush=True)
     print(json.dumps({"total_seconds": round(time.perf_counter() - started, 1)}), flush=True)

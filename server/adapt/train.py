@@ -16,6 +16,7 @@ import random
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,7 +137,9 @@ def prepare(config: ModelConfig, settings: TrainSettings) -> Embedder:
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0,
                       target_modules=list(targets) if isinstance(targets, tuple) else targets)
     try:
-        model = get_peft_model(base, lora)
+        with warnings.catch_warnings():  # PEFT 0.21 reads transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+            model = get_peft_model(base, lora)
     except ValueError as exc:  # PEFT: no module matched the targets
         raise ConfigError(f"training settings: targets {targets}: {exc}") from None
     embed = Embedder(model, tokenizer, layout, config, settings)

@@ -49,7 +49,7 @@ class AdapterEntry:
     info: AdapterInfo | None = None
     cause: str | None = None
     failed_at: float = 0.0
-    no_room: bool = False  # failed for want of a slot, not for what the adapter is: retried, not remembered
+    refusal: Exception | None = None  # failed for want of a slot, not for what the adapter is: not remembered
     last_used: float = field(default_factory=time.time)
     leases: int = 0
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # load finished (ready or failed)

@@ -44,6 +44,8 @@ class AdapterRegistry:
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
+        # name -> (why no slot could be had, when): answered for NO_ROOM_RETRY_S, never listed as a failure
+        self._refused: dict[str, tuple[errors.AdapterCapacityFull, float]] = {}
 
     # -- start -----------------------------------------------------------------------------------
     async def open(self, *, sources: AdapterSources, preload: Mapping[str, str], probe: list[int] | None = None,
@@ -76,6 +78,16 @@ class AdapterRegistry:
 
     def known(self, name: str) -> bool:
         return name in self.entries or name in self.configured or name in self.sources.catalog
+
+    def loadable(self, name: str) -> bool:
+        """Known, or one a request could load (a folder under an adapter root, a hub id `lora_allow` admits)."""
+        if self.known(name):
+            return True
+        try:
+            self.sources.locate(name)
+        except SourceRefused:
+            return False
+        return True
 
     def describe(self) -> list[dict]:
         """Every entry, and each configured adapter that was unloaded (state `unloaded`, restorable)."""
@@ -130,33 +142,43 @@ class AdapterRegistry:
         except SourceRefused as exc:
             raise errors.UnknownAdapter(f"unknown lora_id {name!r} for model {self.model!r}: {exc}; "
                                         f"loaded: {', '.join(self.names()) or 'none'}; "
-                                        f"{self.sources.describe()}", field="lora_id") from None
+                                        f"{self.sources.describe()}", field="lora_id", said=(name,)) from None
 
     def _find_or_start(self, name: str) -> AdapterEntry:
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
-            ttl = NO_ROOM_RETRY_S if entry.no_room else self.failure_ttl_s
-            if time.monotonic() - entry.failed_at < ttl:
+            if time.monotonic() - entry.failed_at < self.failure_ttl_s:
                 raise self._failure(entry)
             del self.entries[name]
             entry = None
         if entry is not None:
             return entry
-        return self._start_load(name, self.source_for(name), pinned=name in self.configured)
+        refused, when = self._refused.pop(name, (None, 0.0))
+        if refused is not None and time.monotonic() - when < NO_ROOM_RETRY_S:
+            self._refused[name] = refused, when
+            raise type(refused)(refused.message)
+        source = self.source_for(name)
+        try:
+            self._check_not_pinned_full()  # no load to wait for: say so now, not after a LORA_LOADING
+        except errors.AdapterPoolPinned as exc:
+            self.load_stats.failed(exc)
+            raise
+        return self._start_load(name, source, pinned=name in self.configured)
 
     # -- admin path ------------------------------------------------------------------------------
     async def load(self, name: str, source: str | None = None, *, pin: bool = False) -> tuple[dict, bool]:
-        """Load (or find) an adapter and wait for it; returns (description, created). Without a source,
-        from where the model's config says (a preloaded adapter comes back pinned)."""
-        if source is None:
-            source = checked = self.source_for(name)
-            pin = pin or name in self.configured
-        else:
-            checked = self._checked(name, source)
+        """Load (or find) an adapter and wait for it; returns (description, created). Without a source: the
+        resident adapter of that name, wherever it came from, else from where the model's config says (a
+        preloaded adapter comes back pinned)."""
         entry = self.entries.get(name)
         if entry is not None and entry.state is AdapterState.FAILED:
             del self.entries[name]
             entry = None
+        if source is None:
+            source = checked = entry.source if entry is not None else self.source_for(name)
+            pin = pin or name in self.configured
+        else:
+            checked = self._checked(name, source)
         if entry is not None and entry.source not in (source, checked):
             raise errors.AdapterConflict(f"adapter {name!r} is already loaded from {entry.source!r}")
         created = entry is None
@@ -164,7 +186,7 @@ class AdapterRegistry:
             entry = self._start_load(name, checked, pinned=pin)
         await entry.settled.wait()
         if entry.state is AdapterState.FAILED:
-            raise self._failure(entry)
+            raise self._failure(entry, retry_hint=False)  # this request is the retry the hint would advise
         entry.pinned = entry.pinned or pin
         return entry.describe(), created
 
@@ -207,13 +229,16 @@ class AdapterRegistry:
         try:
             return self.sources.dynamic.check_source(source)
         except SourceRefused as exc:
-            raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}", field="source") from None
+            raise errors.InvalidInput(f"source refused for adapter {name!r}: {exc}", field="source",
+                                      said=(name, source)) from None
 
-    def _failure(self, entry: AdapterEntry) -> errors.ServingError:
+    def _failure(self, entry: AdapterEntry, *, retry_hint: bool = True) -> errors.ServingError:
         """A failed entry as the client is told: 503 for want of a slot, else 400 with how long it is
-        remembered and how to retry now."""
-        if entry.no_room:
-            return errors.AdapterCapacityFull(f"adapter {entry.name!r} cannot be loaded now: {entry.cause}")
+        remembered and (`retry_hint`) how to retry now."""
+        if entry.refusal is not None:
+            return type(entry.refusal)(f"adapter {entry.name!r} cannot be loaded now: {entry.cause}")
+        if not retry_hint:
+            return errors.AdapterLoadFailed(f"adapter {entry.name!r} failed to load: {entry.cause}", field="lora_id")
         left = max(0.0, self.failure_ttl_s - (time.monotonic() - entry.failed_at))
         return errors.AdapterLoadFailed(
             f"adapter {entry.name!r} failed to load: {entry.cause} (remembered for another {left:.0f} s, "
@@ -257,11 +282,17 @@ class AdapterRegistry:
                 await self._make_room()
                 await self._install(entry)
             except Exception as exc:
-                entry.no_room = isinstance(exc, errors.AdapterCapacityFull)
-                self.counters["load_failures"] += not entry.no_room
                 self.load_stats.failed(exc)
                 entry.state, entry.cause, entry.failed_at = AdapterState.FAILED, str(exc), time.monotonic()
-                log.warning("%s: adapter %r failed to load: %s", self.model, entry.name, exc)
+                if isinstance(exc, errors.AdapterCapacityFull):  # the pool's state, not the adapter's failure
+                    entry.refusal = exc
+                    self._refused[entry.name] = exc, entry.failed_at
+                    if self.entries.get(entry.name) is entry:
+                        del self.entries[entry.name]
+                    log.warning("%s: adapter %r not loaded: %s", self.model, entry.name, exc)
+                else:
+                    self.counters["load_failures"] += 1
+                    log.warning("%s: adapter %r failed to load: %s", self.model, entry.name, exc)
             finally:
                 entry.settled.set()
 
@@ -291,6 +322,18 @@ class AdapterRegistry:
     def _occupied(self) -> set[int]:
         return {e.slot for e in (*self.entries.values(), *self._retiring) if e.slot is not None}
 
+    def _check_not_pinned_full(self, keep: AdapterEntry | None = None) -> None:
+        """AdapterPoolPinned when every slot is taken and every resident adapter (but `keep`) is pinned."""
+        holders = [e for e in (*self.entries.values(), *self._retiring) if e.slot is not None and e is not keep]
+        if len(self._occupied()) < self.capacity or not holders:
+            return
+        if all(e.ready and e.pinned for e in holders):  # a loading or retiring holder frees up on its own
+            pinned = ", ".join(sorted(e.name for e in holders))
+            raise errors.AdapterPoolPinned(
+                f"no free adapter slot: every one of the {self.capacity} slots (max_loras_per_model) holds a pinned "
+                f"adapter ({pinned}); an operator must unload one (DELETE /v1/models/{self.model}/loras/<name>"
+                f"?force=true) or raise max_loras_per_model")
+
     def _victim(self, keep: AdapterEntry | None) -> AdapterEntry | None:
         idle = [e for e in self.entries.values() if e.ready and not e.pinned and e.leases == 0 and e is not keep]
         return min(idle, key=lambda e: e.last_used, default=None)
@@ -307,11 +350,7 @@ class AdapterRegistry:
                 self.entries.pop(victim.name, None)
                 self.counters["evictions"] += 1
                 continue
-            resident = [e for e in self.entries.values() if e.ready and e is not keep]
-            if resident and all(e.pinned for e in resident):
-                raise errors.AdapterCapacityFull(
-                    f"no free adapter slot: all {len(resident)} other resident adapters are pinned "
-                    f"(max_loras_per_model {self.capacity}); unload one, or raise max_loras_per_model")
+            self._check_not_pinned_full(keep)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise errors.AdapterCapacityFull(f"no free adapter slot: the {self.capacity} resident adapters "

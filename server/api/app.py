@@ -38,7 +38,9 @@ from server.served_model import ServedModel
 
 async def answer_api_error(request: Request, exc: ApiError) -> JSONResponse:
     """Every error a route raised, with server paths shown as the config wrote them."""
-    shown = ApiError(exc.status, exc.code, context(request).paths.hide(exc.message), exc.headers, param=exc.param)
+    shown = ApiError(exc.status, exc.code, context(request).paths.hide(exc.message, keep=exc.said), exc.headers,
+                     param=exc.param)
+    request.state.error_code = exc.code  # for the access-log line
     return error_response(shown, openai=request.url.path in OPENAI_PATHS)
 
 

@@ -34,6 +34,8 @@ STATUS_TABLE: dict[type[errors.ServingError], tuple[int, str, int | None]] = {
     errors.ModelLoading: (503, "MODEL_LOADING", 5),
     errors.AdapterLoading: (503, "LORA_LOADING", 1),
     errors.QueueFull: (503, "QUEUE_FULL", 1),
+    # No Retry-After: only an operator can free a slot, so clients (SIE's SDK) surface it at once, not retry it.
+    errors.AdapterPoolPinned: (503, "LORA_POOL_FULL", None),
     errors.ShuttingDown: (503, "SHUTTING_DOWN", 1),
 }
 
@@ -42,13 +44,14 @@ class ApiError(Exception):
     """An answer the API layer decided: status, code, message and extra headers."""
 
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None, *,
-                 param: str | None = None):
+                 param: str | None = None, said: tuple[str, ...] = ()):
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.headers = headers or {}
         self.param = param  # the request field at fault (OpenAI's `param`), when one is
+        self.said = said  # the client's own words in the message: shown as sent (no path hiding)
 
     def body(self) -> dict:
         return {"detail": {"code": self.code, "message": self.message}}
@@ -64,7 +67,8 @@ def from_domain(error: errors.ServingError) -> ApiError:
         if kind in STATUS_TABLE:
             status, code, retry_after = STATUS_TABLE[kind]
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-            return ApiError(status, code, error.message, headers, param=getattr(error, "field", None))
+            return ApiError(status, code, error.message, headers, param=getattr(error, "field", None),
+                            said=error.said)
     return ApiError(500, "INTERNAL_ERROR", error.message)
 
 
@@ -107,6 +111,7 @@ def error_response(error: ApiError, *, openai: bool = False) -> JSONResponse:
 async def send_error(scope: Scope, send: Send, error: ApiError, *, close: bool = False) -> None:
     """Answer from ASGI middleware (no route ran): the OpenAI shape on OpenAI paths, else SIE's."""
     body = error.openai_body() if scope["path"] in OPENAI_PATHS else error.body()
+    scope.setdefault("state", {})["error_code"] = error.code  # for the access-log line
     headers = [(b"content-type", b"application/json")]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in error.headers.items()]
     if close:

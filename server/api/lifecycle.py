@@ -4,9 +4,12 @@ finishes (up to a deadline) before uvicorn is told to exit."""
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import os
 import socket
+import struct
+import sys
 from collections.abc import Callable
 
 import uvicorn
@@ -18,7 +21,7 @@ from server.served_model import ModelState, ModelStatus
 
 log = logging.getLogger(__name__)
 PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
-LINGER_S = 0.5  # how long a closing listener keeps taking over its accept backlog
+LINGER_S = 0.5  # how long a closing listener takes over its backlog where new connections cannot be refused
 LINGER_MAX_S = 3.0  # how long open connections may take to send their last request after the drain
 
 
@@ -77,9 +80,18 @@ class DrainMiddleware:
             return
         self.lifecycle.enter()
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._closing_when_draining(send))
         finally:
             self.lifecycle.leave()
+
+    def _closing_when_draining(self, send: Send) -> Send:
+        """An answer sent once the drain began says `Connection: close`, so no client sends again on that
+        connection (a request sent as the server closes a kept-alive connection is lost to its client)."""
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start" and self.lifecycle.draining:
+                message["headers"] = [*message.get("headers", []), (b"connection", b"close")]
+            await send(message)
+        return sending
 
 
 class DrainingServer(uvicorn.Server):
@@ -116,9 +128,9 @@ class DrainingServer(uvicorn.Server):
             finished = await self.lifecycle.drain(self.grace_s)
             if not finished:
                 log.warning("drain deadline passed with %d requests in flight", self.lifecycle.in_flight)
-            # Stop accepting first (new clients get a refused connection: never sent, never lost), then keep
-            # answering 503 + Connection: close on open connections until they are gone (or LINGER_MAX_S),
-            # so a client that sends on a kept-alive connection gets an answer instead of a reset.
+            # Stop accepting (new clients get a refused connection: never sent, never lost), then keep answering
+            # 503 + Connection: close on open connections until they are gone (or LINGER_MAX_S): every answer
+            # since the drain began said close, so a client sends at most once more on its connection.
             try:
                 for listener in self.servers:
                     await close_listener(listener, self._protocol)
@@ -147,17 +159,20 @@ async def close_listener(listener: asyncio.AbstractServer, protocol_factory: Cal
     """Stop listening without resetting the connections the kernel has already accepted for us.
 
     Closing a listening socket resets every connection still in its accept backlog; under load those
-    clients have sent their request and would lose it. So a duplicate of each socket keeps it open
-    while asyncio stops serving it; we take over the backlog (uvicorn serves those connections: 503
-    SHUTTING_DOWN with Connection: close) and close the duplicate right after the backlog reads empty.
+    clients have sent their request and would lose it. So a duplicate of each socket keeps it open while
+    asyncio stops serving it; on Linux a socket filter then drops every new handshake (those clients retry,
+    then find no listener: refused, never sent), we take over what the backlog holds (uvicorn serves those
+    connections: 503 SHUTTING_DOWN with Connection: close) and close the duplicate once it reads empty.
+    Without the filter (elsewhere) new connections keep coming, so the take-over ends after LINGER_S.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + LINGER_S  # clients that reconnect at once must not keep us listening
+    deadline = loop.time() + LINGER_S
     duplicates = [socket.socket(fileno=os.dup(sock.fileno())) for sock in listener.sockets]
     listener.close()
     for duplicate in duplicates:
+        sealed = refuse_new_connections(duplicate)
         duplicate.setblocking(False)
-        while loop.time() < deadline:
+        while sealed or loop.time() < deadline:
             try:
                 connection, _ = duplicate.accept()
             except (BlockingIOError, InterruptedError):
@@ -169,3 +184,21 @@ async def close_listener(listener: asyncio.AbstractServer, protocol_factory: Cal
             except OSError:
                 connection.close()
         duplicate.close()
+
+
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)  # Linux's value; Python does not name it
+DROP_EVERYTHING = struct.pack("HBBI", 0x06, 0, 0, 0)  # one classic-BPF instruction: BPF_RET | BPF_K, 0 bytes
+
+
+def refuse_new_connections(listening: socket.socket) -> bool:
+    """Attach a filter that drops every packet to a listening socket (Linux): no new connection completes its
+    handshake, while those already queued stay queued. False where that cannot be done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    program = ctypes.create_string_buffer(DROP_EVERYTHING)
+    fprog = struct.pack("HL", 1, ctypes.addressof(program))  # struct sock_fprog {u16 len; sock_filter *filter}
+    try:
+        listening.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        return False
+    return True

@@ -64,10 +64,12 @@ class RequestContextMiddleware:
             client = scope.get("client") or ("-", 0)
             # Probes and scrapes come every few seconds: at DEBUG (a not-ready 503 included), unless they fail.
             quiet = scope["path"] in PROBES and status[0] in (200, 503)
-            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s %d %.1fms rid=%s", client[0],
-                           scope["method"], scope["path"], status[0], duration_ms, rid,
+            code = scope["state"].get("error_code") if status[0] >= 400 else None
+            access_log.log(logging.DEBUG if quiet else logging.INFO, "%s %s %s %d%s %.1fms rid=%s", client[0],
+                           scope["method"], scope["path"], status[0], f" {code}" if code else "", duration_ms, rid,
                            extra={"request_id": rid, "method": scope["method"], "path": scope["path"],
-                                  "status": status[0], "duration_ms": round(duration_ms, 2), "client": client[0]})
+                                  "status": status[0], "duration_ms": round(duration_ms, 2), "client": client[0],
+                                  **({"error_code": code} if code else {})})
 
 
 def request_id(request: Request) -> str:

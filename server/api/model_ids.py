@@ -40,9 +40,10 @@ def parse_model_id(ctx: AppContext, written: str) -> ModelId:
 
 
 def listed_model_id(ctx: AppContext, written: str) -> ModelId:
-    """As `parse_model_id`, but an id whose suffix names no profile or known adapter is 404 (model info)."""
+    """As `parse_model_id`, but an id whose suffix names no profile and no adapter the model has or could
+    load is 404 (model info; a loadable one is listed `available`, as encode would serve it)."""
     target = parse_model_id(ctx, written)
     lora_id = target.selection.lora_id
-    if lora_id is not None and not target.model.adapters.known(lora_id):
+    if lora_id is not None and not target.model.adapters.loadable(lora_id):
         raise errors.model_not_found(written, ctx.models)
     return target

@@ -30,8 +30,13 @@ BODY_SCHEMA = {"requestBody": {"required": True, "content": {
 def parse_embeddings(body) -> EmbeddingsIn:
     raw = body.get("input") if isinstance(body, dict) else None
     if isinstance(raw, list) and raw and all(isinstance(x, (int, list)) for x in raw):
-        raise invalid_input("token-id input is not supported; send strings (the server tokenises)")
+        raise invalid_input("token-id input is not supported; send strings (the server tokenises)", field="input")
     return validate(EmbeddingsIn, body, what="request body must be a JSON object")
+
+
+def model_not_found(message: str) -> ApiError:
+    """OpenAI's own answer for a model it does not have: 404 `model_not_found`, no `param`."""
+    return ApiError(404, "model_not_found", message)
 
 
 @router.get("/openai/v1/models")
@@ -60,6 +65,13 @@ async def embeddings(request: Request) -> Response:
         try:
             target = parse_model_id(ctx, parsed.model)
             _, result = await run_encode(ctx, parsed.to_request(target), request, track)
+        except errors.ModelNotFound as exc:
+            raise model_not_found(exc.message) from None
+        except errors.UnknownAdapter as exc:  # `<model>:<suffix>` naming no adapter or profile: no such model
+            config, known = target.model.config, exc.message.split("; ", 1)[-1]
+            raise model_not_found(f"the model {parsed.model!r} does not exist: {target.selection.lora_id!r} is no "
+                                  f"adapter or profile of {config.name!r} ({known}; profiles: "
+                                  f"{', '.join(config.profiles) or 'none'})") from None
         except errors.InvalidInput as exc:
             raise openai_error(exc) from None
     if parsed.encoding_format == "base64":

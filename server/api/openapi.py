@@ -36,7 +36,7 @@ _COMPONENTS = {
     "EncodeResponse": {"type": "object", "required": ["model", "items", "timing", "usage"], "properties": {
         "model": {"type": "string"},
         "items": {"type": "array", "items": {"type": "object", "properties": {
-            "id": {"type": ["string", "integer"]},
+            "id": {"type": "string", "description": "the item's id as sent, an integer as its decimal string"},
             "dense": {"type": "object", "properties": {"dims": {"type": "integer"}, "dtype": {"type": "string"},
                                                        "values": {}}},
             "sparse": {"type": "object", "properties": {

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from server.api.errors import invalid_input
+from server.api.errors import ApiError, invalid_input
 
 INLINE_BODY_BYTES = 1 << 20  # larger bodies are decoded in a worker thread, off the event loop
 MAX_DEPTH = 32  # our bodies nest 5 levels; anything far deeper is an attack or a bug
@@ -62,7 +62,16 @@ async def decode(raw: bytes, content_type: str | None) -> Any:
     return await asyncio.to_thread(decode_body, raw, content_type)
 
 
+def is_json(content_type: str | None) -> bool:
+    """JSON, or no Content-Type at all (taken as JSON)."""
+    kind = (content_type or "").split(";", 1)[0].strip().lower()
+    return kind in ("", "application/json") or kind.endswith("+json")
+
+
 def decode_body(raw: bytes, content_type: str | None) -> Any:
+    if not is_msgpack(content_type) and not is_json(content_type):
+        raise ApiError(415, "UNSUPPORTED_MEDIA_TYPE", f"a {content_type.split(';', 1)[0]} body is not read here: "
+                       "send application/json or application/msgpack (curl: -H 'Content-Type: application/json')")
     if not raw:
         raise invalid_input("empty request body")
     if is_msgpack(content_type):

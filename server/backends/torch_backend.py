@@ -39,6 +39,7 @@ from server.threads import DaemonExecutor
 
 log = logging.getLogger(__name__)
 CLOSE_WAIT_S = 3.0  # how long close waits for the worker's current job (a forward; a load is abandoned)
+WARN_POOL_BYTES = 64 * 2**20  # below this an adapter pool is not worth a warning, whatever the model's size
 
 
 class TorchBackend(Backend):
@@ -86,7 +87,7 @@ class TorchBackend(Backend):
         pool, weights = pool_bytes(self._layers), sum(p.numel() * p.element_size() for p in model.parameters())
         log.info("%s: adapter pool of %d slots up to rank %d: %.1f MiB", self.config.name, slots,
                  self.config.adapters.max_lora_rank, pool / 2**20)
-        if pool > weights:
+        if pool > max(weights, WARN_POOL_BYTES):
             log.warning("%s: the adapter pool (%.1f MiB) is larger than the model's own weights (%.1f MiB): set "
                         "max_lora_rank to the largest rank served and lora_target_modules to the linears the "
                         "adapters train, or keep fewer adapters resident", self.config.name, pool / 2**20,

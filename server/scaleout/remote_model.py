@@ -35,6 +35,9 @@ class ConfiguredAdapters:
     def known(self, name: str) -> bool:
         return name in self.configured or name in self.served
 
+    def loadable(self, name: str) -> bool:
+        return self.known(name)  # the replicas' adapter roots are theirs to read
+
     def describe(self) -> list[dict]:
         return [{"name": name, "state": "on_demand", "source": self.configured.get(name), "pinned": False}
                 for name in self.names()]

@@ -1,6 +1,6 @@
 """An adapter's lifecycle over real HTTP: a retrained adapter reloaded in place (admin API and vLLM's
-`load_inplace`) with no 503 gap and the rows already admitted finishing on the old weights; a full adapter
-pool answered 503 with Retry-After and never remembered as the adapter's failure; a remembered failure that
+`load_inplace`) with no 503 gap and the rows already admitted finishing on the old weights; a pool of pinned
+adapters answered 503 LORA_POOL_FULL at once and never listed as the adapter's failure; a remembered failure that
 says for how long and how to retry now; sources written as they exist (`adapters/x`); missing fields named."""
 
 from __future__ import annotations
@@ -99,19 +99,33 @@ def test_rows_admitted_before_a_reload_finish_on_the_old_weights(demo_config, ro
         assert np.abs(vector(post(live.url, "shop")) - old).max() > 1e-3
 
 
-def test_a_full_pool_is_503_and_not_remembered(demo_config, root):
-    """Three pinned preloaded adapters fill three slots: a hot-load is 503 QUEUE_FULL with Retry-After (not
-    a 400 remembered for five minutes), and loads as soon as a slot is freed."""
+def test_a_pool_of_pinned_adapters_is_said_at_once_and_never_listed_as_a_failure(demo_config, root):
+    """Three pinned preloaded adapters fill three slots: a hot-load is 503 LORA_POOL_FULL at once (no
+    LORA_LOADING first, no Retry-After: only an operator can free a slot), which SIE's SDK raises on the first
+    answer with the reason; the adapter is not listed as failed, DELETE says it is not loaded, and it loads as
+    soon as an operator frees a slot."""
+    from sie_sdk import SIEClient
+    from sie_sdk.client.errors import ServerError
+    from sie_sdk.types import Item
+
     app, served = build_app(dynamic_config(demo_config, root), max_loras_per_model=3)
     with LiveServer(app) as live:
-        full = past_loading(live.url, "retail")
-        assert full.status_code == 503 and full.json()["detail"]["code"] == "QUEUE_FULL", full.text
-        assert full.headers["Retry-After"] and "pinned" in full.json()["detail"]["message"]
+        full = post(live.url, "retail")
+        detail = full.json()["detail"]
+        assert full.status_code == 503 and detail["code"] == "LORA_POOL_FULL", full.text
+        assert "Retry-After" not in full.headers
+        assert "pinned" in detail["message"] and "?force=true" in detail["message"]
+        with pytest.raises(ServerError) as raised:
+            SIEClient(live.url).encode(DEMO_MODEL, Item(text=TEXT), options={"lora_id": "retail"})
+        assert raised.value.code == "LORA_POOL_FULL" and "pinned" in str(raised.value)
         assert served.adapters.counters["load_failures"] == 0
+        listed = httpx.get(live.url + LORAS).json()["loras"]
+        assert "retail" not in {entry["name"] for entry in listed}
+        assert httpx.get(f"{live.url}/v1/models/{DEMO_MODEL}:retail").json()["state"] == "available"
+        assert httpx.delete(f"{live.url}{LORAS}/retail").status_code == 404
         metrics = httpx.get(live.url + "/metrics").text
-        assert f'sie_adapter_load_failures_by_cause_total{{cause="no_slot",model="{DEMO_MODEL}"}} 1.0' in metrics
+        assert f'sie_adapter_load_failures_by_cause_total{{cause="no_slot",model="{DEMO_MODEL}"}}' in metrics
         assert httpx.delete(f"{live.url}{LORAS}/finance", params={"force": "true"}).status_code == 200
-        time.sleep(1.1)
         assert past_loading(live.url, "retail").status_code == 200
 
 
@@ -122,6 +136,8 @@ def test_remembered_failure_says_how_long_and_how_to_retry(demo_config, root):
         failed = until_settled(live.url, "broken")
         message = failed.json()["detail"]["message"]
         assert failed.status_code == 400 and "remembered for another" in message and "to retry now" in message
+        again = httpx.post(live.url + LORAS, json={"name": "broken"}, timeout=60)  # the retry itself fails
+        assert again.status_code == 400 and "to retry now" not in again.json()["detail"]["message"], again.text
         shutil.copytree(root / "retail", root / "broken", dirs_exist_ok=True)
         retried = httpx.post(live.url + LORAS, json={"name": "broken"}, timeout=60)  # the way the message says
         assert retried.status_code == 201 and post(live.url, "broken").status_code == 200

@@ -145,6 +145,24 @@ def test_refused_sources(dynamic_server, lora_id, message):
     assert detail["code"] == "INVALID_INPUT" and message in detail["message"] and "legal" in detail["message"]
 
 
+def test_the_clients_own_words_are_not_rewritten_as_server_paths(dynamic_server):
+    """A lora_id that looks like a path of this machine comes back as sent (path hiding is for the server's
+    paths); the server's own paths in the same message are still hidden."""
+    response = post(dynamic_server.url, "/etc/passwd")
+    message = response.json()["detail"]["message"]
+    assert response.status_code == 400 and "'/etc/passwd' is not a valid hub id" in message, message
+    assert str(dynamic_server.served.adapters.sources.dynamic.roots[0]) not in message
+
+
+def test_model_ids_list_adapters_a_request_would_load(dynamic_server, adapter_root):
+    """`GET /v1/models/<model>:<adapter>` for an adapter under a root, not loaded yet: available (encode would
+    serve it); for a name nothing could load: 404."""
+    shutil.copytree(adapter_root / "retail", adapter_root / "unvisited")
+    fresh = httpx.get(f"{dynamic_server.url}/v1/models/{DEMO_MODEL}:unvisited")
+    assert fresh.status_code == 200 and fresh.json()["state"] == "available", fresh.text
+    assert httpx.get(f"{dynamic_server.url}/v1/models/{DEMO_MODEL}:nope").status_code == 404
+
+
 def test_allowed_hub_id_that_cannot_be_fetched_fails_cleanly(dynamic_server):
     response = until_settled(dynamic_server.url, "allowed-org/missing-adapter")
     assert response.status_code == 400 and "hub" in response.json()["detail"]["message"]
@@ -226,6 +244,10 @@ def test_admin_api(demo_config, adapter_root):
         assert created.status_code == 201, created.text
         assert created.json()["state"] == "ready" and created.json()["pinned"]
         assert client.post(LORAS, json=spec, headers=auth).status_code == 200
+        by_name = client.post(LORAS, json={"name": "shop"}, headers=auth)  # resident: found by its name alone
+        assert by_name.status_code == 200 and by_name.json()["state"] == "ready", by_name.text
+        vllm = client.post("/v1/load_lora_adapter", json={"lora_name": f"{DEMO_MODEL}:shop"}, headers=auth)
+        assert vllm.status_code == 200 and "added successfully" in vllm.text, vllm.text
         conflict = client.post(LORAS, json={**spec, "source": str(adapter_root / "travel")}, headers=auth)
         assert conflict.status_code == 409
         outside = client.post(LORAS, json={"name": "x", "source": "/etc"}, headers=auth)

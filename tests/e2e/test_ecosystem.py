@@ -97,7 +97,7 @@ def test_openai_hot_load_retries_until_vector(oai):
 
 
 @pytest.mark.parametrize("kwargs, error, fragment", [
-    ({"model": f"{DEMO_MODEL}:astrology", "input": "x"}, openai.BadRequestError, "astrology"),
+    ({"model": f"{DEMO_MODEL}:astrology", "input": "x"}, openai.NotFoundError, "astrology"),
     ({"model": "org/other", "input": "x"}, openai.NotFoundError, "org/other"),
     ({"model": DEMO_MODEL, "input": [[1, 2, 3]]}, openai.BadRequestError, "token-id input"),
     ({"model": DEMO_MODEL, "input": ""}, openai.BadRequestError, "non-empty"),
@@ -175,6 +175,12 @@ def test_request_id_echoed_and_logged(server):
     assert any(line["request_id"] == "trace-42" and line["status"] == 200 and line["path"].startswith("/v1/encode")
                for line in access)
     assert any(line["request_id"] == generated for line in access)
+    httpx.post(url + "/v1/encode/no/such-model", json={"items": [{"text": "x"}]}, headers=AUTH)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not any(line.get("error_code") for line in logged()):
+        time.sleep(0.05)
+    refused = [line for line in logged() if line["logger"] == "server.access" and line["status"] == 404]
+    assert refused and refused[-1]["error_code"] == "MODEL_NOT_FOUND"  # a 4xx line names its code
     progress = [line["message"] for line in lines if "[" in line["message"] and "/5]" in line["message"]]
     assert any("[5/5] adapter finance" in message for message in progress)  # start-up progress as log lines
 

@@ -117,6 +117,18 @@ def test_malformed_bodies(demo_server):
     bad_msgpack = httpx.post(demo_server.url + ENCODE, content=b"\xc1\xc1",
                              headers={"Content-Type": "application/msgpack"})
     assert_error(bad_msgpack, 400, "INVALID_INPUT", "malformed msgpack")
+    body = b'{"items": [{"text": "x"}]}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded"):  # curl -d without -H sends the second
+        refused = httpx.post(demo_server.url + ENCODE, content=body, headers={"Content-Type": kind})
+        assert_error(refused, 415, "UNSUPPORTED_MEDIA_TYPE", "application/json or application/msgpack")
+    for kind in ("application/json; charset=utf-8", "application/vnd.api+json", None):  # no type: JSON
+        headers = {**JSON, **({"Content-Type": kind} if kind else {})}
+        assert httpx.post(demo_server.url + ENCODE, content=body, headers=headers).status_code == 200, kind
+
+
+def test_item_ids_come_back_as_strings(demo_server):
+    answer = encode_json(demo_server.url, {"items": [{"id": 7, "text": "x"}, {"id": "b", "text": "y"}, {"text": "z"}]})
+    assert [item.get("id") for item in answer.json()["items"]] == ["7", "b", None]
 
 
 def test_input_too_long_with_error_policy(demo_server):

@@ -183,3 +183,17 @@ def test_check_lists_every_adapter_that_cannot_be_served(tmp_path, demo_dirs):
     result = launch("check", "--config", str(yaml_path))
     assert result.returncode == 0, result.stderr
     assert "adapter good (on demand): rank 8" in result.stdout
+
+
+def test_check_refuses_a_symlink_out_of_an_adapter_root_as_the_server_does(tmp_path, demo_dirs):
+    """One rule for both: a folder under a root that links out of it is refused by `check` with the server's
+    own words, not read from where it points."""
+    root = tmp_path / "root"
+    shutil.copytree(demo_dirs["legal"], root / "good")
+    (root / "escape").symlink_to(tmp_path)
+    yaml_path = tmp_path / "m.yaml"
+    yaml_path.write_text(f"name: m\nmodel_path: {demo_dirs['model']}\nlora_roots: [{root}]\n")
+    result = launch("check", "--config", str(yaml_path))
+    assert result.returncode == 2 and "resolves outside the adapter root" in result.stderr, result.stderr
+    assert "adapter_config.json missing" not in result.stderr
+

@@ -142,9 +142,17 @@ def test_openai_errors_name_openai_parameters(demo_server):
     error = dims.value.body
     assert error["param"] == "dimensions" and error["message"].startswith("dimensions 3") and "dims" not in \
         error["message"].replace("dimensions", "")
-    with pytest.raises(openai.BadRequestError) as adapter:
+    with pytest.raises(openai.NotFoundError) as adapter:  # OpenAI's answer for a model it has not: 404, no param
         client.embeddings.create(model=f"{DEMO_MODEL}:nope", input="x")
-    assert adapter.value.body["param"] == "model"
+    body = adapter.value.body
+    assert body["code"] == "model_not_found" and body["param"] is None and "lora_id" not in body["message"]
+    assert f"'{DEMO_MODEL}:nope' does not exist" in body["message"] and "profiles: legal, medical" in body["message"]
+    with pytest.raises(openai.NotFoundError) as model:
+        client.embeddings.create(model="org/other", input="x")
+    assert model.value.body["code"] == "model_not_found" and model.value.body["param"] is None
+    with pytest.raises(openai.BadRequestError) as tokens:
+        client.embeddings.create(model=DEMO_MODEL, input=[[1, 2, 3]])
+    assert tokens.value.body["param"] == "input"
     with pytest.raises(openai.BadRequestError) as field:
         client.embeddings.create(model=DEMO_MODEL, input="x", encoding_format="hex")
     assert field.value.body["param"] == "encoding_format"

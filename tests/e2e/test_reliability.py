@@ -160,7 +160,7 @@ BAD_OPENAI = [
     ({"model": DEMO_MODEL, "input": []}, 400), ({"model": DEMO_MODEL, "input": [1, 2]}, 400),
     ({"model": DEMO_MODEL, "input": "a", "encoding_format": "hex"}, 400),
     ({"model": DEMO_MODEL, "input": "a", "dimensions": "32"}, 400), ({"model": "nope", "input": "a"}, 404),
-    ({"model": f"{DEMO_MODEL}:nope", "input": "a"}, 400), ({"model": f"{DEMO_MODEL}:", "input": "a"}, 400),
+    ({"model": f"{DEMO_MODEL}:nope", "input": "a"}, 404), ({"model": f"{DEMO_MODEL}:", "input": "a"}, 400),
 ]
 
 

@@ -63,3 +63,24 @@ def test_backlog_connections_are_answered_not_reset(loop_kind):
         assert set(loop.run_until_complete(scenario(take_over=False))) <= {b"reset", b""}
     finally:
         loop.close()
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="a Linux socket filter")
+def test_a_sealed_listener_completes_no_new_handshake_and_keeps_its_queue():
+    """After `refuse_new_connections` a client cannot connect (its SYN is dropped: it would find no listener
+    and be refused, never having sent its request), while a connection queued before is still accepted."""
+    from server.api.lifecycle import refuse_new_connections
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen(8)
+        port = listening.getsockname()[1]
+        queued = socket.create_connection(("127.0.0.1", port), timeout=5)
+        assert refuse_new_connections(listening)
+        with pytest.raises(OSError):  # a timeout: the handshake never completes
+            socket.create_connection(("127.0.0.1", port), timeout=0.3).close()
+        accepted, _ = listening.accept()
+        queued.sendall(b"ping")
+        assert accepted.recv(4) == b"ping"
+        accepted.close()
+        queued.close()
