@@ -29,7 +29,8 @@ def main(argv=None) -> dict:
     from server.backends.cuda_graphs import plan_buckets
     from server.build import load_model
     from server.config import ServerSettings, load_model_config
-    from server.demo_assets import ALL_LINEARS, build_adapter, ensure_builtin
+    from server.demo_assets import ALL_LINEARS, ensure_builtin
+    from server.demo_lora import build_adapter
     from server.lora.peft_format import load_peft_adapter
 
     counter, compile_ = CompileCounter(), torch.compile

@@ -139,8 +139,8 @@ async def stages(args, model, app_context) -> dict:
     async def parse():
         decoded = await decode(body, "application/msgpack")
         parsed = validate(EncodeRequestIn, decoded, what="request body")
-        request = parsed.to_request(parse_model_id(app_context, args.model))
-        resolve_options(model.config, request.options)
+        target = parse_model_id(app_context, args.model)
+        resolve_options(model.config, parsed.requested()[1], target.selection)
 
     async def tokenize():
         clipped, _ = model._prepare([args.text], options)

@@ -63,15 +63,14 @@ class AnswerBudget:
             self.pending -= size
 
 
-def finish_rows(rows: Sequence[RowOutputs | np.ndarray], options: EncodeOptions, *, dims: int | None,
+def finish_rows(rows: Sequence[RowOutputs], options: EncodeOptions, *, dims: int | None,
                 normalize: bool) -> Answers:
-    """Post-process the rows of one request: ndarray rows came from a dense-only batch, RowOutputs from a batch
-    with `outputs` (always so when the request asks for sparse or multivector)."""
+    """Post-process the rows of one request, each with the outputs it asked for."""
     wanted = options.output_types
     dense = None
     if "dense" in wanted:
-        vectors = [row.dense if isinstance(row, RowOutputs) else row for row in rows]
-        dense = finish(np.stack(vectors), dims=dims, normalize=normalize, output_dtype=options.output_dtype)
+        dense = finish(np.stack([row.dense for row in rows]), dims=dims, normalize=normalize,
+                       output_dtype=options.output_dtype)
     multivector = None
     if "multivector" in wanted:
         multivector = tuple(finish(row.multivector, dims=None, normalize=normalize, output_dtype=options.output_dtype)

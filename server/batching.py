@@ -15,8 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from server import errors
 from server.backends.base import DENSE_ONLY, RowOutputs, TokenBatch
 
@@ -36,7 +34,7 @@ class BatchLimits:
 
 @dataclass(frozen=True)
 class RowResult:
-    vector: np.ndarray | RowOutputs  # RowOutputs when the batch ran with `TokenBatch.outputs`
+    outputs: RowOutputs  # what the row asked for, raw (dense pooled, not normalised)
     batch_id: int
     started: float
     finished: float
@@ -84,7 +82,7 @@ class BatchShape:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[TokenBatch], Awaitable[np.ndarray]], limits: BatchLimits, name: str = ""):
+    def __init__(self, run: Callable[[TokenBatch], Awaitable[list[RowOutputs]]], limits: BatchLimits, name: str = ""):
         self._run = run
         self.limits = limits
         self.name = name
@@ -203,8 +201,8 @@ class Batcher:
         started = time.perf_counter()
         self.running = tuple(r.slot for r in batch)
         try:
-            outputs = None if all(r.outputs == DENSE_ONLY for r in batch) else [r.outputs for r in batch]
-            vectors = await self._run(TokenBatch([r.ids for r in batch], [r.slot for r in batch], outputs))
+            rows = await self._run(TokenBatch([r.ids for r in batch], [r.slot for r in batch],
+                                              [r.outputs for r in batch]))
         except Exception as exc:  # fail this batch's rows only; the loop keeps serving
             log.exception("%s: batch %d of %d rows failed", self.name, batch_id, len(batch))
             for row in batch:
@@ -214,6 +212,6 @@ class Batcher:
         finally:
             self.running = ()
         finished = time.perf_counter()
-        for row, vector in zip(batch, vectors):
+        for row, outputs in zip(batch, rows):
             if not row.future.done():
-                row.future.set_result(RowResult(vector, batch_id, started, finished))
+                row.future.set_result(RowResult(outputs, batch_id, started, finished))

@@ -16,14 +16,13 @@ import sys
 from server.adapt.commands import program
 from server.config import (
     SETTINGS_FIELDS,
-    SETTINGS_HELP,
     ConfigError,
-    HelpFormatter,
     ServerSettings,
     adapters_on_demand,
     load_model_config,
     load_server_settings,
 )
+from server.help_format import HelpFormatter
 from server.local_model import OPERATOR_ERRORS
 from server.logs import configure_logging
 
@@ -58,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, setting in SETTINGS_FIELDS.items():
         default = ",".join(setting.default) if isinstance(setting.default, tuple) else setting.default
         settings.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, metavar=name.upper(),
-                              help=f"{SETTINGS_HELP[name]} (default: {default}; SIE_{name.upper()})")
+                              help=f"{setting.metadata['help']} (default: {default}; SIE_{name.upper()})")
     return parser
 
 

@@ -6,7 +6,6 @@ defaults < engine.yaml < environment (SIE_<KEY>) < CLI flags.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 from collections.abc import Mapping
@@ -247,29 +246,44 @@ def model_config_from_dict(data: Mapping[str, Any], *, where: str = "<memory>",
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def setting(default: Any, help_text: str):
+    """A server setting's field: its default and what it is for (the command line's help)."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class ServerSettings:
-    """Server-wide settings (engine.yaml, SIE_* environment variables, CLI flags)."""
+    """Server-wide settings (engine.yaml, SIE_* environment variables, CLI flags); each says what it is for
+    (`launch.py --help` shows it)."""
 
-    max_loras_per_model: int = 10
-    max_batch_tokens: int = 16384
-    max_batch_wait_ms: float = 0.0
-    max_batch_padding: float = 0.1  # a row waits for another batch rather than push padding past this share
-    max_queue_items: int = 8192
-    max_queue_tokens: int = 1048576
-    max_items_per_request: int = 2048
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_response_bytes: int = 256 * 1024 * 1024  # one answer, counted before it is queued (400 past it)
-    max_pending_response_bytes: int = 2 * 1024 * 1024 * 1024  # answers accepted, not yet sent (503 past it)
-    api_keys: tuple[str, ...] = ()
-    auth_exempt_paths: tuple[str, ...] = ("/healthz", "/readyz", "/metrics")
-    device: str = "auto"
-    lora_roots: tuple[str, ...] = ()
-    lora_allow: tuple[str, ...] = ()
-    lora_failure_ttl_s: float = 300.0
-    allow_noop_adapters: bool = False  # serve adapters that change no vector (a zero LoRA B, say)
-    compile_cache_artifacts: str = ""  # a file `launch.py warm` wrote: compiled kernels loaded before compiling
-    shutdown_grace_s: float = 30.0
+    max_loras_per_model: int = setting(10, "adapters resident per model at once (the backend's adapter slots)")
+    max_batch_tokens: int = setting(16384, "padded tokens per forward batch")
+    max_batch_wait_ms: float = setting(0.0, "how long a batch waits for more rows once the backend is free")
+    max_batch_padding: float = setting(0.1, "largest share of a batch's tokens that may be padding (1: no limit); "
+                                            "a row waits for another batch rather than push it past that")
+    max_queue_items: int = setting(8192, "rows waiting for a batch past which requests get 503 QUEUE_FULL")
+    max_queue_tokens: int = setting(1048576, "tokens waiting for a batch past which requests get 503 QUEUE_FULL")
+    max_items_per_request: int = setting(2048, "items one request may carry")
+    max_body_bytes: int = setting(16 * 1024 * 1024, "largest request body (413 past it)")
+    max_response_bytes: int = setting(256 * 1024 * 1024, "largest answer to one request, as float32 (a multivector "
+                                                         "is tokens x dim floats per item), counted before it is "
+                                                         "queued; 400 past it")
+    max_pending_response_bytes: int = setting(2 * 1024 * 1024 * 1024, "answers accepted and not yet sent, past "
+                                                                      "which requests get 503 QUEUE_FULL")
+    api_keys: tuple[str, ...] = setting((), "comma-separated keys; every route but auth_exempt_paths then needs "
+                                            "Authorization: Bearer")
+    auth_exempt_paths: tuple[str, ...] = setting(("/healthz", "/readyz", "/metrics"),
+                                                 "comma-separated paths open without a key")
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    lora_roots: tuple[str, ...] = setting((), "comma-separated folders whose subfolders may be loaded on first use "
+                                              "(every model)")
+    lora_allow: tuple[str, ...] = setting((), "comma-separated hub id globs that may be loaded on first use (every "
+                                              "model)")
+    lora_failure_ttl_s: float = setting(300.0, "seconds a failed adapter load is remembered")
+    allow_noop_adapters: bool = setting(False, "serve adapters that change no vector (a zero LoRA B, say)")
+    compile_cache_artifacts: str = setting("", "a file launch.py warm wrote (same torch, Triton and GPU): its "
+                                               "compiled kernels are loaded before the forward compiles")
+    shutdown_grace_s: float = setting(30.0, "seconds in-flight requests get to finish on SIGTERM")
 
     def __post_init__(self) -> None:
         where = "server settings"
@@ -292,44 +306,10 @@ class ServerSettings:
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 
 
-SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """--help shows each flag's default, unless it has none or its text already says it."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
-                or "default" in text:
-            return text
-        return super()._get_help_string(action)
+SETTINGS_FIELDS = {f.name: f for f in dataclasses.fields(ServerSettings)}  # each with its help in `metadata`
 
 
 
-SETTINGS_HELP = {
-    "max_loras_per_model": "adapters resident per model at once (the backend's adapter slots)",
-    "max_batch_tokens": "padded tokens per forward batch",
-    "max_batch_wait_ms": "how long a batch waits for more rows once the backend is free",
-    "max_batch_padding": "largest share of a batch's tokens that may be padding (1: no limit)",
-    "max_queue_items": "rows waiting for a batch past which requests get 503 QUEUE_FULL",
-    "max_queue_tokens": "tokens waiting for a batch past which requests get 503 QUEUE_FULL",
-    "max_items_per_request": "items one request may carry",
-    "max_body_bytes": "largest request body (413 past it)",
-    "max_response_bytes": "largest answer to one request, as float32 (a multivector is tokens x dim floats per "
-                          "item); 400 past it",
-    "max_pending_response_bytes": "answers accepted and not yet sent, past which requests get 503 QUEUE_FULL",
-    "api_keys": "comma-separated keys; every route but auth_exempt_paths then needs Authorization: Bearer",
-    "auth_exempt_paths": "comma-separated paths open without a key",
-    "device": "auto, cpu, cuda or cuda:N",
-    "lora_roots": "comma-separated folders whose subfolders may be loaded on first use (every model)",
-    "lora_allow": "comma-separated hub id globs that may be loaded on first use (every model)",
-    "lora_failure_ttl_s": "seconds a failed adapter load is remembered",
-    "allow_noop_adapters": "serve adapters that change no vector",
-    "compile_cache_artifacts": "a file launch.py warm wrote (same torch, Triton and GPU): its compiled kernels are "
-                               "loaded before the forward compiles",
-    "shutdown_grace_s": "seconds in-flight requests get to finish on SIGTERM",
-}
 
 
 def _boolean(value: Any) -> bool:

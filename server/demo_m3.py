@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from server.cache import build_atomically, builtin_root
+from server.demo_lora import build_adapter
+
 M3_NAME = "m3-tiny"
 M3_ADAPTERS = {"legal": (707, ("query", "key", "value")), "medical": (808, ("query", "value", "dense"))}
 M3_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
@@ -63,9 +66,7 @@ def build_m3_model(folder: Path, seed: int = 0) -> None:
 
 def ensure_m3(adapter: str) -> Path:
     """Build (once) and return `builtin:m3-tiny` or `builtin:m3-tiny/<adapter>`."""
-    from server.demo_assets import build_adapter, build_atomically, cache_root
-
-    root = cache_root()
+    root = builtin_root()
     model_dir = build_atomically(root / M3_NAME, build_m3_model)
     if not adapter:
         return model_dir

@@ -15,7 +15,7 @@ from server.adapters.policy import AdapterSources, DynamicSources
 from server.adapters.registry import AdapterRegistry
 from server.adapters.stats import LOAD_BUCKETS
 from server.answers import AnswerBudget, answer_bytes, finish_rows
-from server.backends.base import Backend, TokenBatch
+from server.backends.base import Backend, RowOutputs, TokenBatch
 from server.batching import Batcher, BatchLimits
 from server.config import ConfigError, ModelConfig, ServerSettings
 from server.logs import startup_progress
@@ -74,9 +74,12 @@ class LocalModel:
         sizes = self.backend.info.output_dims()
         return {**sizes, "dense": self.dims} if "dense" in sizes else sizes
 
-    def _run_batch(self, batch: TokenBatch):
-        """Dense-only batches take the backend's (compiled, graphed) `embed`; others its `embed_outputs`."""
-        return self.backend.embed(batch) if batch.outputs is None else self.backend.embed_outputs(batch)
+    async def _run_batch(self, batch: TokenBatch) -> list[RowOutputs]:
+        """The one outputs dispatch: dense-only batches take the backend's (compiled, graphed) `embed`, others
+        its `embed_outputs`; every row comes back as its RowOutputs."""
+        if batch.dense_only:
+            return [RowOutputs(dense=vector) for vector in await self.backend.embed(batch)]
+        return await self.backend.embed_outputs(batch)
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -248,7 +251,7 @@ class LocalModel:
         prepare = functools.partial(self._prepare, texts, options)
         clipped, most_tokens = prepare() if inline else await asyncio.to_thread(prepare)
         self.batcher.check_room(len(clipped), most_tokens)
-        tokenize = functools.partial(self.tokenizer.tokenize, clipped, overflow=options.overflow_policy,
+        tokenize = functools.partial(self.tokenizer.tokenize_clipped, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
         sizes = self.output_dims()
@@ -257,7 +260,7 @@ class LocalModel:
         with self.answers.held(size):
             rows = await self.batcher.run(tokenized.input_ids, slot, frozenset(options.output_types))
             t2 = time.perf_counter()
-            answers = finish_rows([row.vector for row in rows], options, dims=options.dims or self.config.dims,
+            answers = finish_rows([row.outputs for row in rows], options, dims=options.dims or self.config.dims,
                                   normalize=self.config.normalize)
         t3 = time.perf_counter()
         inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())

@@ -1,10 +1,9 @@
-"""The typed encode request both APIs parse into, and its resolution against the model's config:
-profile first, request options override it, an explicit instruction wins. A model id `<model>:<suffix>`
-selects a profile or an adapter as options would; options that name another one are refused."""
+"""What a request asked for, as both APIs parse it (each value where the request said it), and its one
+resolution against the model's config, `resolve_options`, where every precedence rule lives. A model id
+`<model>:<suffix>` selects a profile or an adapter as options would; options that name another are refused."""
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from server import errors
@@ -19,17 +18,19 @@ def _quoted(values) -> str:
 
 @dataclass(frozen=True)
 class RequestedOptions:
-    """What a request asked for, typed but not yet resolved against a profile."""
+    """What a request asked for, typed, each value where the request said it; unresolved."""
 
-    lora_id: str | None = None
+    lora_id: str | None = None  # options.lora_id (or its alias options.lora)
     profile: str | None = None
-    is_query: bool | None = None
-    instruction: str | None = None
+    is_query: bool | None = None  # params.is_query, else options.is_query (the edge refuses the two differing)
+    instruction: str | None = None  # options.instruction
+    params_instruction: str | None = None
     dims: int | None = None
     overflow_policy: str | None = None
     output_types: tuple[str, ...] | None = None  # params.output_types
-    option_output_types: tuple[str, ...] | None = None  # options.output_types: wins over params, as in SIE
-    output_dtype: str | None = None
+    option_output_types: tuple[str, ...] | None = None  # options.output_types
+    output_dtype: str | None = None  # options.output_dtype
+    params_output_dtype: str | None = None
 
     def __post_init__(self) -> None:
         if self.lora_id == "":
@@ -45,9 +46,11 @@ class RequestedOptions:
                 if kind not in OUTPUT_TYPES:
                     raise errors.InvalidInput(f"{where}: unsupported output type {kind!r}; this server returns: "
                                               f"{_quoted(OUTPUT_TYPES)}", field="output_types")
-        if self.output_dtype is not None and self.output_dtype not in OUTPUT_DTYPES:
-            raise errors.InvalidInput(f"params.output_dtype: unsupported output_dtype {self.output_dtype!r}; "
-                                      f"supported: {_quoted(OUTPUT_DTYPES)}")
+        for where, dtype in (("params.output_dtype", self.params_output_dtype),
+                             ("options.output_dtype", self.output_dtype)):
+            if dtype is not None and dtype not in OUTPUT_DTYPES:
+                raise errors.InvalidInput(f"{where}: unsupported output_dtype {dtype!r}; supported: "
+                                          f"{_quoted(OUTPUT_DTYPES)}")
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,10 @@ class Selection:
             return config.profiles[self.profile].lora_id
         return self.lora_id
 
-    def merged(self, requested: RequestedOptions, config: ModelConfig) -> RequestedOptions:
-        """`requested` with this selection applied; 400 when its options name another adapter or profile."""
+    def check(self, requested: RequestedOptions, config: ModelConfig) -> None:
+        """400 when the request's options name another adapter or profile than this selection."""
         if self.profile is None and self.lora_id is None:
-            return requested
+            return
         adapter = self.adapter(config)
         if requested.profile is not None and requested.profile != self.profile:
             other = config.profiles.get(requested.profile)
@@ -75,21 +78,12 @@ class Selection:
                 raise self._conflict(f"options.profile {requested.profile!r}")
         if requested.lora_id is not None and requested.lora_id != adapter:
             raise self._conflict(f"options.lora_id {requested.lora_id!r}")
-        return dataclasses.replace(requested, profile=requested.profile or self.profile,
-                                   lora_id=requested.lora_id or self.lora_id)
 
     def _conflict(self, other: str) -> errors.InvalidInput:
         chosen = f"profile {self.profile!r}" if self.profile is not None else f"adapter {self.lora_id!r}"
         return errors.InvalidInput(f"model id {self.written!r} selects {chosen} but {other} names another; "
                                    "name the adapter or profile once (in the model id or in the options)",
                                    field="model")
-
-
-@dataclass(frozen=True)
-class EncodeRequest:
-    model: str
-    texts: tuple[str, ...]
-    options: RequestedOptions = RequestedOptions()
 
 
 @dataclass(frozen=True)
@@ -105,24 +99,37 @@ class EncodeOptions:
     output_types: tuple[str, ...] = ("dense",)
 
 
-def resolve_options(config: ModelConfig, requested: RequestedOptions) -> EncodeOptions:
+def resolve_options(config: ModelConfig, requested: RequestedOptions,
+                    selection: Selection = Selection()) -> EncodeOptions:
+    """The one place a request's options are decided. Precedence, first wins:
+
+    - adapter: options.lora_id, the model id's adapter, the profile's adapter; none is base;
+    - profile: options.profile, the model id's profile (the two must agree on the adapter);
+    - is_query: params.is_query / options.is_query, the profile's, False;
+    - instruction: params.instruction, options.instruction, the profile's, the model's default (applied
+      by the tokenizer when a query has none);
+    - output_types: options.output_types, the profile's, params.output_types, dense (as SIE);
+    - output_dtype: params.output_dtype, options.output_dtype, float32 (as SIE);
+    - dims and overflow_policy: options only.
+    """
+    selection.check(requested, config)
+    profile_name = requested.profile or selection.profile
     profile = None
-    if requested.profile is not None:
-        profile = config.profiles.get(requested.profile)
+    if profile_name is not None:
+        profile = config.profiles.get(profile_name)
         if profile is None:
-            raise errors.unknown_profile(requested.profile, config.name, config.profiles)
-    lora_id = requested.lora_id if requested.lora_id is not None else (profile.lora_id if profile else None)
+            raise errors.unknown_profile(profile_name, config.name, config.profiles)
+    lora_id = requested.lora_id or selection.lora_id or (profile.lora_id if profile else None)
     is_query = requested.is_query
     if is_query is None:
         is_query = bool(profile.is_query) if profile is not None and profile.is_query is not None else False
-    instruction = requested.instruction
-    if instruction is None and profile is not None:
-        instruction = profile.instruction
+    instruction = next((i for i in (requested.params_instruction, requested.instruction,
+                                    profile.instruction if profile else None) if i is not None), None)
     output_types = (requested.option_output_types or (profile.output_types if profile else None)
                     or requested.output_types or ("dense",))
     return EncodeOptions(lora_id=lora_id, instruction=instruction, is_query=is_query,
-                         output_dtype=requested.output_dtype or "float32", dims=requested.dims,
-                         overflow_policy=requested.overflow_policy or "truncate",
+                         output_dtype=requested.params_output_dtype or requested.output_dtype or "float32",
+                         dims=requested.dims, overflow_policy=requested.overflow_policy or "truncate",
                          output_types=tuple(dict.fromkeys(output_types)))
 
 

@@ -16,7 +16,7 @@ import logging
 import zipfile
 from pathlib import Path
 
-from server.demo_assets import build_atomically, cache_dir
+from server.cache import build_atomically, cache_dir
 
 PACKAGE_PREFIX = "package:"
 log = logging.getLogger(__name__)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from server.cache import cache_dir
 from server.config import ModelConfig, ServerSettings
-from server.demo_assets import BUILTIN_PREFIX, builtin_folders, cache_dir
+from server.demo_assets import BUILTIN_PREFIX, builtin_folders
 from server.packaged import PACKAGE_PREFIX, packaged_folders
 
 # An absolute path: a '/' not inside a word, a relative path or a URL, then characters paths use in messages.

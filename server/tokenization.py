@@ -102,9 +102,14 @@ class TextTokenizer:
         return [text[:2 * surely_over] for text in texts]
 
     def tokenize(self, texts: Sequence[str], *, overflow: str = "truncate", limit: int | None = None) -> Tokenized:
+        return self.tokenize_clipped(self.clip(texts, overflow=overflow, limit=limit), overflow=overflow,
+                                     limit=limit)
+
+    def tokenize_clipped(self, clipped: Sequence[str], *, overflow: str = "truncate",
+                         limit: int | None = None) -> Tokenized:
+        """`tokenize` for texts `clip` already cut (the encode path clips once, to admit the request first)."""
         max_len = self.max_tokens(limit)
-        clipped = self.clip(texts, overflow=overflow, limit=limit)
-        encoded = self._encode(clipped)
+        encoded = self._encode(list(clipped))
         rows, truncated = [], []
         for index, ids in enumerate(encoded):
             content, tail = self._split_tail(ids)

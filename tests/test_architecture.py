@@ -12,9 +12,9 @@ import pytest
 SERVER = Path(__file__).resolve().parents[1] / "server"
 # Lowest first. A module may import its own layer and the layers below it, never one above.
 LAYERS = [
-    ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources",
-                    "server.demo_assets", "server.demo_m3", "server.model_layout", "server.packaged",
-                    "server.public_paths", "server.threads"]),
+    ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources", "server.cache",
+                    "server.demo_assets", "server.demo_lora", "server.demo_m3", "server.model_layout",
+                    "server.packaged", "server.public_paths", "server.threads", "server.help_format"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),
@@ -63,6 +63,29 @@ def test_imports_run_downwards_only(path):
     here = module_name(path)
     upward = [name for name in imports_of(path) if layer_of(name) > layer_of(here)]
     assert not upward, f"{here} ({LAYERS[layer_of(here)][0]}) imports a higher layer: {upward}"
+
+
+def test_no_import_circle():
+    """No module reaches itself through the imports of others (lazy ones included): a circle makes import
+    order matter and hides which module depends on which."""
+    graph = {module_name(path): imports_of(path) - {module_name(path)} for path in SOURCES}
+    graph = {module: {n for n in names if n in graph and not module.startswith(n + ".")}  # not its own package
+             for module, names in graph.items()}
+
+    def circle_from(start: str) -> list[str] | None:
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    circles = [circle for module in graph if (circle := circle_from(module)) is not None]
+    assert circles == [], circles[0]
 
 
 def test_only_the_api_layer_knows_the_http_error_type():

@@ -62,11 +62,11 @@ def build_layer(args):
     from server.lora import lora_ops
     from server.lora.groups import group_linears
     from server.lora.mixed_linear import MixedLoraLinear
-    from server.lora.plan import SegmentPlan
+    from server.lora.plan import BatchPlan
 
     dtype, device = getattr(torch, args.dtype), args.device
     slots = args.adapters + 1
-    plan = SegmentPlan(zero_slot=slots)
+    plan = BatchPlan(zero_slot=slots)
     plan.width = args.rank
     torch.manual_seed(0)
     layers = {}

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from server.adapt.pairs import read_corpus, read_pairs
-from server.config import ConfigError, HelpFormatter, load_model_config
+from server.config import ConfigError, load_model_config
+from server.help_format import HelpFormatter
 
 log = logging.getLogger("launch")
 

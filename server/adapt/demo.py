@@ -21,8 +21,8 @@ from pathlib import Path
 from server.adapt.evaluate import EvalTask, evaluate, markdown_table, write_report
 from server.adapt.faq import faq_records, split_faq, write_split
 from server.adapt.train import TrainSettings, log_progress, train_adapter
+from server.cache import cache_dir
 from server.config import load_model_config
-from server.demo_assets import cache_dir
 
 log = logging.getLogger("demo")
 ADAPTER = "zaragoza-construction-faq"

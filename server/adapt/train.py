@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from server.adapt.pairs import Pair
 from server.adapt.validation import base_model_identity, plan_warnings, validation_loss
 from server.backends.hf_model import load_encoder, pad_rows, pooled_forward
+from server.cache import follow_umask
 from server.config import ConfigError, ModelConfig
-from server.demo_assets import follow_umask
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 from server.tokenization import TextTokenizer, load_tokenizer

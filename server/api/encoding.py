@@ -1,5 +1,5 @@
-"""What both encode APIs share once their body is parsed: find the model, resolve the options, run
-the encode (cancelled if the client leaves) and record the request's metrics."""
+"""What both encode APIs share once their body is parsed: resolve the options against the model the route
+found, run the encode (cancelled if the client leaves) and record the request's metrics."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import TypeVar
 from starlette.requests import Request
 
 from server import errors
-from server.api.context import AppContext
 from server.api.errors import ApiError, client_gone, inference_error
 from server.api.metrics import RequestTrack
 from server.api.middleware import request_id
-from server.options import EncodeOptions, EncodeRequest, resolve_options
+from server.api.model_ids import ModelId
+from server.options import EncodeOptions, RequestedOptions, resolve_options
 from server.served_model import EncodeResult
 
 log = logging.getLogger(__name__)
@@ -73,22 +73,21 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
         watcher.cancel()
 
 
-async def run_encode(ctx: AppContext, encode: EncodeRequest, request: Request,
+async def run_encode(target: ModelId, texts: tuple[str, ...], requested: RequestedOptions, request: Request,
                      track: RequestTrack) -> tuple[EncodeOptions, EncodeResult]:
-    """Domain errors pass through (the app's handlers answer them); anything else is a 500 that names
-    the request id, with the traceback in the log."""
-    model = ctx.model(encode.model)
-    track.model = encode.model
-    options = resolve_options(model.config, encode.options)
+    """The request resolved once (its model found by the route, its options here) and encoded. Domain errors
+    pass through (the app's handlers answer them); anything else is a 500 that names the request id, with the
+    traceback in the log."""
+    options = resolve_options(target.model.config, requested, target.selection)
     track.adapter = options.lora_id
     try:
-        result = await unless_disconnected(request, model.encode(encode.texts, options))
+        result = await unless_disconnected(request, target.model.encode(texts, options))
     except (errors.ServingError, ApiError):
         raise
     except Exception:
         log.exception("encode failed (request %s)", request_id(request))
         raise inference_error(request_id(request)) from None
-    track.items, track.tokens = len(encode.texts), result.input_tokens
+    track.items, track.tokens = len(texts), result.input_tokens
     track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
     track.truncated = len(result.truncated)
     return options, result

@@ -64,7 +64,8 @@ async def embeddings(request: Request) -> Response:
         parsed = parse_embeddings(await request_body(request, content_type="application/json"))
         try:
             target = parse_model_id(ctx, parsed.model)
-            _, result = await run_encode(ctx, parsed.to_request(target), request, track)
+            track.model = target.name
+            _, result = await run_encode(target, *parsed.requested(), request, track)
         except errors.ModelNotFound as exc:
             raise model_not_found(exc.message) from None
         except errors.UnknownAdapter as exc:  # `<model>:<suffix>` naming no adapter or profile: no such model

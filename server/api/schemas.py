@@ -1,5 +1,5 @@
 """Pydantic models for request bodies (the HTTP edge only). Both encode APIs parse their options through
-`OptionsIn` into the core's typed `EncodeRequest`. An unknown option or OpenAI field is a 400 that names
+`OptionsIn` into the core's typed `RequestedOptions`. An unknown option or OpenAI field is a 400 that names
 the known ones (a misspelled `lora_id` must never mean base vectors); other unknown SIE fields are ignored."""
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from pydantic import (
 )
 
 from server.api.errors import invalid_input
-from server.api.model_ids import ModelId
-from server.options import EncodeRequest, RequestedOptions
+from server.options import RequestedOptions
 
 OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"), "profile": (str, "a string"),
                 "is_query": (bool, "a boolean"), "instruction": (str, "a string"), "dims": (int, "an integer"),
@@ -74,16 +73,17 @@ class OptionsIn(_Lenient):
             raise ValueError(f"options.lora_id {self.lora_id!r} and options.lora {self.lora!r} disagree")
         return self
 
-    def requested(self, *, instruction: str | None = None, output_types: list[str] | None = None,
-                  output_dtype: str | None = None) -> RequestedOptions:
-        """The core's options; params.instruction and params.output_dtype beat the options' own."""
+    def requested(self, params: ParamsIn | None = None) -> RequestedOptions:
+        """The core's options, each value where the request said it (`options.resolve_options` decides)."""
+        params = params or ParamsIn()
         return RequestedOptions(
             lora_id=self.lora_id if self.lora_id is not None else self.lora, profile=self.profile,
-            is_query=self.is_query, instruction=instruction if instruction is not None else self.instruction,
-            dims=self.dims, overflow_policy=self.overflow_policy,
-            output_types=tuple(output_types) if output_types is not None else None,
+            is_query=params.is_query if params.is_query is not None else self.is_query,
+            instruction=self.instruction, params_instruction=params.instruction, dims=self.dims,
+            overflow_policy=self.overflow_policy,
+            output_types=tuple(params.output_types) if params.output_types is not None else None,
             option_output_types=tuple(self.output_types) if self.output_types is not None else None,
-            output_dtype=output_dtype if output_dtype is not None else self.output_dtype)
+            output_dtype=self.output_dtype, params_output_dtype=params.output_dtype)
 
 
 class ItemIn(_Lenient):
@@ -112,15 +112,10 @@ class EncodeRequestIn(_Lenient):
     items: list[ItemIn] = Field(min_length=1)
     params: ParamsIn | None = None
 
-    def to_request(self, target: ModelId) -> EncodeRequest:
+    def requested(self) -> tuple[tuple[str, ...], RequestedOptions]:
+        """(the texts, what the request asked for)."""
         params = self.params or ParamsIn()
-        options = params.options or OptionsIn()
-        if params.is_query is not None:
-            options = options.model_copy(update={"is_query": params.is_query})
-        requested = options.requested(instruction=params.instruction, output_types=params.output_types,
-                                      output_dtype=params.output_dtype)
-        return EncodeRequest(target.name, tuple(item.text for item in self.items),
-                             target.selection.merged(requested, target.model.config))
+        return tuple(item.text for item in self.items), (params.options or OptionsIn()).requested(params)
 
 
 class EmbeddingsIn(_Lenient):
@@ -150,12 +145,12 @@ class EmbeddingsIn(_Lenient):
             raise ValueError("input strings must be non-empty and free of NUL characters")
         return value
 
-    def to_request(self, target: ModelId) -> EncodeRequest:
+    def requested(self) -> tuple[tuple[str, ...], RequestedOptions]:
+        """(the texts, what the request asked for): OpenAI's embeddings are dense vectors, whatever output types
+        a profile names."""
         texts = (self.input,) if isinstance(self.input, str) else tuple(self.input)
-        # OpenAI's embeddings are dense vectors, whatever output types a profile names.
-        options = OptionsIn(is_query=self.is_query, instruction=self.instruction, dims=self.dimensions,
-                            output_types=["dense"])
-        return EncodeRequest(target.name, texts, target.selection.merged(options.requested(), target.model.config))
+        return texts, RequestedOptions(is_query=self.is_query, instruction=self.instruction, dims=self.dimensions,
+                                       option_output_types=("dense",))
 
 
 def describe(exc: ValidationError) -> str:

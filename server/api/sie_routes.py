@@ -42,7 +42,7 @@ async def encode(model: str, request: Request) -> Response:
         track.model = target.name
         body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
-        options, result = await run_encode(ctx, parsed.to_request(target), request, track)
+        options, result = await run_encode(target, *parsed.requested(), request, track)
     items = [{"id": str(item.id), **entry} if item.id is not None else entry  # ids are strings on SIE's wire
              for item, entry in zip(parsed.items, output_entries(result, options))]
     total_ms = (time.perf_counter() - started) * 1e3

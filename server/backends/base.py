@@ -22,22 +22,27 @@ DENSE_ONLY = frozenset({"dense"})
 
 @dataclass(frozen=True)
 class TokenBatch:
-    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter slot `slots[i]` (None = base).
-    `outputs[i]`: the output types row i asks for; None when every row asks for dense only (`embed`)."""
+    """Rows to embed: `input_ids[i]` (ending with the pooling EOS) under adapter slot `slots[i]` (None = base),
+    asking for the output types `outputs[i]` (dense alone when not given)."""
 
     input_ids: Sequence[Sequence[int]]
     slots: Sequence[int | None]
-    outputs: Sequence[frozenset[str]] | None = None
+    outputs: Sequence[frozenset[str]] = ()
 
     def __post_init__(self) -> None:
-        if len(self.input_ids) != len(self.slots) or (self.outputs is not None
-                                                       and len(self.outputs) != len(self.slots)):
+        if not self.outputs:
+            object.__setattr__(self, "outputs", (DENSE_ONLY,) * len(self.input_ids))
+        if not len(self.input_ids) == len(self.slots) == len(self.outputs):
             raise ValueError("input_ids, slots and outputs must have one entry per row")
 
+    @property
+    def dense_only(self) -> bool:
+        """Every row asks for its pooled vector alone: the backend's (compiled, graphed) `embed` serves it."""
+        return all(kinds == DENSE_ONLY for kinds in self.outputs)
+
     def split(self, at: int) -> tuple[TokenBatch, TokenBatch]:
-        outputs = self.outputs
-        return (TokenBatch(self.input_ids[:at], self.slots[:at], None if outputs is None else outputs[:at]),
-                TokenBatch(self.input_ids[at:], self.slots[at:], None if outputs is None else outputs[at:]))
+        return (TokenBatch(self.input_ids[:at], self.slots[:at], self.outputs[:at]),
+                TokenBatch(self.input_ids[at:], self.slots[at:], self.outputs[at:]))
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,8 @@ import torch
 from server import errors
 from server.backends.base import Backend, BackendInfo, TokenBatch
 from server.backends.hf_model import meta_linear_shapes
+from server.cache import cache_dir
 from server.config import ModelConfig, ServerSettings
-from server.demo_assets import cache_dir
 from server.lora.peft_format import AdapterError, LoraAdapter, read_adapter_config
 from server.model_layout import read_layout
 from server.sources import resolve_source

@@ -17,9 +17,9 @@ from torch import nn
 from server.backends import compile_cache
 from server.backends.cuda_graphs import GraphPool, plan_buckets, single_row
 from server.backends.hf_model import hidden_states, pooled_forward
+from server.cache import cache_dir
 from server.config import ModelConfig
-from server.demo_assets import cache_dir
-from server.lora.plan import SegmentPlan
+from server.lora.plan import BatchPlan
 from server.model_layout import ModelLayout
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class StaticForward:
     single-row graph buckets; `capture_next` captures one more bucket (the backend calls it between
     batches until none is left); `phases` keeps the seconds each step took."""
 
-    def __init__(self, model: nn.Module, layout: ModelLayout, plan: SegmentPlan, choice: EngineChoice, *,
+    def __init__(self, model: nn.Module, layout: ModelLayout, plan: BatchPlan, choice: EngineChoice, *,
                  device: str, config: ModelConfig, causal_mask: dict | None = None, cache_artifacts: str = ""):
         self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, config.name
         self.causal_mask = causal_mask

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from server import errors
-from server.backends.base import DENSE_ONLY, Backend, BackendInfo, EngineStats, RowOutputs, TokenBatch
+from server.backends.base import Backend, BackendInfo, EngineStats, RowOutputs, TokenBatch
 from server.backends.hf_model import (
     DTYPES,
     hidden_states,
@@ -32,7 +32,7 @@ from server.backends.static_forward import EngineChoice, StaticForward, choose_e
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
 from server.lora.peft_format import LoraAdapter
-from server.lora.plan import SegmentPlan, plan_segments
+from server.lora.plan import BatchPlan
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 from server.threads import DaemonExecutor
@@ -53,7 +53,7 @@ class TorchBackend(Backend):
         self.dtype = DTYPES[dtype]
         # One daemon worker: loads, installs and forwards in order; a load still running at exit is abandoned.
         self._executor = DaemonExecutor(f"forward-{model.name}")
-        self._plan = SegmentPlan(zero_slot=0)
+        self._plan: BatchPlan | None = None  # made at load, when the pool's size (and so its zero slot) is known
         self._engine = engine  # None: chosen from the config and device at load
         self._static: StaticForward | None = None
         self._installed: set[int] = set()  # touched on the worker thread only
@@ -81,7 +81,7 @@ class TorchBackend(Backend):
         self.heads = load_heads(folder, self.layout, loaded, where=self.config.source_file, dtype=self.dtype,
                                 device=self.device)
         linears = linear_targets(model, self.config.adapters.lora_target_modules)
-        self._plan = SegmentPlan(zero_slot=slots)
+        self._plan = BatchPlan(zero_slot=slots)
         self._layers = wrap_linears(model, linears, self._plan, slots=slots,
                                     max_rank=self.config.adapters.max_lora_rank)
         pool, weights = pool_bytes(self._layers), sum(p.numel() * p.element_size() for p in model.parameters())
@@ -193,16 +193,15 @@ class TorchBackend(Backend):
             first, second = batch.split(len(batch.input_ids) // 2)
             return join([self._halving_on_oom(first, forward, join), self._halving_on_oom(second, forward, join)])
 
-    def _row_slots(self, batch: TokenBatch) -> list[int]:
-        """Each row's slot (-1: base), after checking every adapter slot is installed."""
-        slots = [-1 if slot is None else slot for slot in batch.slots]
-        missing = {slot for slot in slots if slot >= 0} - self._installed
-        if missing:
-            raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {sorted(missing)}")
+    def _slots(self, batch: TokenBatch) -> list[int]:
+        """Each row's slot, base rows at the pool's zero slot. The registry's lease guarantees the rest are
+        installed; this guards that invariant (an empty slot would answer base vectors for an adapter)."""
+        zero = self._plan.zero_slot
+        slots = [zero if slot is None else slot for slot in batch.slots]
+        if not self._installed.issuperset(slot for slot in slots if slot != zero):
+            missing = sorted({slot for slot in slots if slot != zero} - self._installed)
+            raise errors.AdapterNotResident(f"no adapter is installed at slot(s) {missing}")
         return slots
-
-    def _static_slots(self, slots: list[int]) -> torch.Tensor:
-        return torch.tensor([self._plan.zero_slot if slot < 0 else slot for slot in slots], device=self.device)
 
     def _hidden(self, batch: TokenBatch, slots: list[int]) -> tuple[list[int], torch.Tensor, torch.Tensor,
                                                                      torch.Tensor]:
@@ -210,11 +209,11 @@ class TorchBackend(Backend):
         lengths, hidden states). The static path keeps the row order; the eager one sorts rows by slot."""
         if self._static is not None:
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
-            hidden = self._static.hidden(input_ids, lengths, self._static_slots(slots))
+            hidden = self._static.hidden(input_ids, lengths, torch.tensor(slots, device=self.device))
             return list(range(len(slots))), input_ids, lengths, hidden
         order = sorted(range(len(slots)), key=slots.__getitem__)
         input_ids, lengths = pad_rows([batch.input_ids[i] for i in order], self.layout.pad_token_id, self.device)
-        self._plan.publish(plan_segments([slots[i] for i in order]), self.device)
+        self._plan.publish([slots[i] for i in order], self.device)
         try:
             return order, input_ids, lengths, hidden_states(self.model, input_ids, lengths, self.layout,
                                                             self._causal_mask, padded=_padded(batch))
@@ -224,10 +223,10 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def _forward(self, batch: TokenBatch) -> np.ndarray:
         """Pooled vectors in row order: the static path's compiled (or graphed) forward, else eager."""
-        slots = self._row_slots(batch)
+        slots = self._slots(batch)
         if self._static is not None:
             input_ids, lengths = pad_rows(batch.input_ids, self.layout.pad_token_id, self.device)
-            return self._static(input_ids, lengths, self._static_slots(slots)).float().cpu().numpy()
+            return self._static(input_ids, lengths, torch.tensor(slots, device=self.device)).float().cpu().numpy()
         order, _, lengths, hidden = self._hidden(batch, slots)
         pooled = pool(hidden, lengths, self.layout.pooling, padded=_padded(batch)).float()
         if order == sorted(order):  # already in row order (one adapter, or rows sorted by slot)
@@ -239,8 +238,8 @@ class TorchBackend(Backend):
     @torch.inference_mode()
     def _forward_outputs(self, batch: TokenBatch) -> list[RowOutputs]:
         """One forward to the hidden states (eager: the outputs vary per row), then each row's outputs."""
-        slots = self._row_slots(batch)
-        wanted = batch.outputs or [DENSE_ONLY] * len(slots)
+        slots = self._slots(batch)
+        wanted = batch.outputs
         order, input_ids, lengths, hidden = self._hidden(batch, slots)
         outputs = row_outputs(self.heads, self.layout, hidden, lengths, input_ids, [wanted[i] for i in order])
         result: list[RowOutputs] = [RowOutputs()] * len(order)

@@ -2,7 +2,7 @@
 
 This is the product's own hot path, so it is ours rather than PEFT's. The backend sorts a batch's
 rows by adapter slot once per batch and publishes the resulting row segments in a shared
-`SegmentPlan`; every wrapped linear then adds, for each segment, `(x_seg @ A.T) @ (scale * B).T`
+`BatchPlan`; every wrapped linear then adds, for each segment, `(x_seg @ A.T) @ (scale * B).T`
 in place into the base output with `addmm_` on contiguous views (Punica's SGMV, as a loop over
 at most `max_loras_per_batch` segments). PEFT's mixed batch instead gathers `x[idx]` and
 scatter-adds per adapter in every layer, which costs copies and index kernels, not FLOPs.
@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from server.lora.peft_format import LoraAdapter
-from server.lora.plan import SegmentPlan
+from server.lora.plan import BatchPlan
 
 
 class MixedLoraLinear(nn.Module):
     """A base `nn.Linear` plus preallocated per-slot LoRA buffers applied to the rows of the current plan.
     The buffers hold `slots` adapters and, last, the plan's zero slot."""
 
-    def __init__(self, base: nn.Linear, plan: SegmentPlan, slots: int, max_rank: int):
+    def __init__(self, base: nn.Linear, plan: BatchPlan, slots: int, max_rank: int):
         super().__init__()
         self.base = base
         self.plan = plan
@@ -114,7 +114,7 @@ class MixedLoraLinear(nn.Module):
         y.baddbmm_(torch.bmm(x, a.transpose(1, 2)), bt)
 
 
-def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: SegmentPlan, *, slots: int,
+def wrap_linears(model: nn.Module, linears: dict[str, nn.Linear], plan: BatchPlan, *, slots: int,
                  max_rank: int) -> dict[str, MixedLoraLinear]:
     """Replace each named Linear in `model` by a MixedLoraLinear sharing `plan`, with buffers for `slots`
     adapters of rank up to `max_rank`."""

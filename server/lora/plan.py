@@ -21,9 +21,11 @@ class Segment:
     slot: int
 
 
-class SegmentPlan:
-    """The plan of the forward pass now running (one per backend, set by its worker thread).
+class BatchPlan:
+    """Which adapter slot each row of the forward now running uses (one per backend, set by its worker thread
+    for each batch), with the adapter pool's constants every wrapped linear reads it with.
 
+    Base rows are at `zero_slot`, everywhere: a slot no adapter is ever installed at (a zero update).
     `row_slots` is None on the segment path; otherwise it holds one slot per row of `span` (None: every
     row). `width` is the static path's rank width, the model's `max_lora_rank`, set once at load so that no
     install ever changes a compiled or captured shape; 0 (the segment path) reads each layer's live rank."""
@@ -36,9 +38,10 @@ class SegmentPlan:
         self.width = 0
         self.ops = None  # lora/lora_ops when the static path runs the Triton kernels, else None
 
-    def publish(self, segments: tuple[Segment, ...], device: torch.device | str) -> None:
-        """Segment path; past `BMM_MIN_SEGMENTS` small segments the adapter rows (contiguous, base rows
-        sort first) go through one gathered bmm instead."""
+    def publish(self, sorted_slots: list[int], device: torch.device | str) -> None:
+        """Segment path, for rows sorted by slot (base rows, at the zero slot, last); past `BMM_MIN_SEGMENTS`
+        small segments the adapter rows (contiguous) go through one gathered bmm instead."""
+        segments = plan_segments(sorted_slots, self.zero_slot)
         self.segments, self.row_slots, self.span = segments, None, None
         if len(segments) >= BMM_MIN_SEGMENTS:
             slots = [seg.slot for seg in segments for _ in range(seg.stop - seg.start)]
@@ -53,13 +56,13 @@ class SegmentPlan:
         self.segments, self.row_slots, self.span = (), None, None
 
 
-def plan_segments(sorted_slots: list[int]) -> tuple[Segment, ...]:
-    """Runs of equal slots in an already slot-sorted row list; base rows (slot < 0) get no segment."""
+def plan_segments(sorted_slots: list[int], zero_slot: int) -> tuple[Segment, ...]:
+    """Runs of equal slots in an already slot-sorted row list; base rows (at `zero_slot`) get no segment."""
     segments = []
     start = 0
     for row in range(1, len(sorted_slots) + 1):
         if row == len(sorted_slots) or sorted_slots[row] != sorted_slots[start]:
-            if sorted_slots[start] >= 0:
+            if sorted_slots[start] != zero_slot:
                 segments.append(Segment(start, row, sorted_slots[start]))
             start = row
     return tuple(segments)

@@ -10,7 +10,7 @@ import signal
 import threading
 from pathlib import Path
 
-from server.demo_assets import cache_dir
+from server.cache import cache_dir
 from server.scaleout.spec import ScaleoutSpec
 
 log = logging.getLogger("launch")

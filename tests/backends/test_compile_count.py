@@ -17,7 +17,8 @@ pytest.importorskip("triton")
 from server.backends.base import TokenBatch  # noqa: E402
 from server.backends.cuda_graphs import GraphPool, plan_buckets  # noqa: E402
 from server.backends.static_forward import EngineChoice  # noqa: E402
-from server.demo_assets import ALL_LINEARS, build_adapter  # noqa: E402
+from server.demo_assets import ALL_LINEARS  # noqa: E402
+from server.demo_lora import build_adapter  # noqa: E402
 from server.lora.peft_format import AdapterError, load_peft_adapter  # noqa: E402
 from tests.backends.test_cuda_graphs import eager_capture  # noqa: E402
 from tests.backends.test_static_forward import load_with  # noqa: E402

@@ -83,13 +83,15 @@ def _replayed(static, model, rows, names):
     from server.backends.hf_model import pad_rows
 
     ids, lengths = pad_rows(rows, model.backend.layout.pad_token_id, "cpu")
-    slots = model.backend._static_slots([-1 if n is None else model.adapters.slot_of(n) for n in names])
+    zero = model.backend._plan.zero_slot
+    slots = torch.tensor([zero if n is None else model.adapters.slot_of(n) for n in names])
     with torch.inference_mode():
         return static.graphs.run(ids, lengths, slots)
 
 
 def test_installs_and_evictions_never_recapture(graphed, demo_dirs, tmp_path):
-    from server.demo_assets import ALL_LINEARS, build_adapter
+    from server.demo_assets import ALL_LINEARS
+    from server.demo_lora import build_adapter
     from server.lora.peft_format import load_peft_adapter
 
     static, backend = graphed.backend._static, graphed.backend

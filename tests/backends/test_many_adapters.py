@@ -21,7 +21,8 @@ def unit(v):
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory, demo_config, demo_dirs):
-    from server.demo_assets import ALL_LINEARS, ATTENTION, build_adapter
+    from server.demo_assets import ALL_LINEARS, ATTENTION
+    from server.demo_lora import build_adapter
     from tests.conftest import loaded_model
 
     root = tmp_path_factory.mktemp("many")

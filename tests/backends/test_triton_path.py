@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("triton")
 
 from server.backends.static_forward import EngineChoice  # noqa: E402
-from server.demo_assets import ALL_LINEARS, build_adapter  # noqa: E402
+from server.demo_assets import ALL_LINEARS  # noqa: E402
+from server.demo_lora import build_adapter  # noqa: E402
 from tests.backends.test_static_forward import load_with  # noqa: E402
 from tests.conftest import token_batch  # noqa: E402
 

@@ -15,8 +15,9 @@ from starlette.requests import Request
 
 from server.api.app import answer_domain_error
 from server.api.errors import STATUS_TABLE
+from server.cache import cache_dir
 from server.config import model_config_from_dict
-from server.demo_assets import cache_dir, ensure_builtin
+from server.demo_assets import ensure_builtin
 from tests.conftest import DEMO_MODEL, DEMO_YAML, LiveServer, build_app, poll_while_loading
 
 JSON = {"Accept": "application/json"}

@@ -169,13 +169,13 @@ def test_kernels_at_06b_shapes_against_float64():
     from server.lora import lora_ops
     from server.lora.groups import group_linears
     from server.lora.mixed_linear import MixedLoraLinear
-    from server.lora.plan import SegmentPlan
+    from server.lora.plan import BatchPlan
 
     torch.manual_seed(0)
     slots, rank, width, rows, tokens = 9, 16, 64, 12, 256
     shapes = {"q_proj": (1024, 2048), "k_proj": (1024, 1024), "v_proj": (1024, 1024), "gate_proj": (1024, 3072),
               "up_proj": (1024, 3072)}
-    plan = SegmentPlan(zero_slot=slots)
+    plan = BatchPlan(zero_slot=slots)
     plan.width = width
     layers, exact_weights = {}, {}
     for name, (fan_in, fan_out) in shapes.items():

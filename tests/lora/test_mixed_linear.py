@@ -8,14 +8,15 @@ import pytest
 import torch
 
 from server.lora.mixed_linear import MixedLoraLinear
-from server.lora.plan import BMM_MIN_SEGMENTS, SegmentPlan, plan_segments
+from server.lora.plan import BMM_MIN_SEGMENTS, BatchPlan
 
 IN, OUT, SLOTS, MAX_RANK = 24, 40, 20, 16
+BASE = SLOTS  # base rows sit at the pool's zero slot (the last one), on every path
 
 
 def make_layer():
     torch.manual_seed(0)
-    plan = SegmentPlan(zero_slot=SLOTS)
+    plan = BatchPlan(zero_slot=SLOTS)
     return MixedLoraLinear(torch.nn.Linear(IN, OUT), plan, SLOTS, MAX_RANK), plan
 
 
@@ -29,7 +30,7 @@ def reference(layer, x, slots, adapters):
     rows = []
     for row, slot in zip(x, slots):
         y = layer.base(row)
-        if slot >= 0 and slot in adapters:
+        if slot != BASE and slot in adapters:
             a, b, scale = adapters[slot]
             y = y + scale * (row @ a.t()) @ b.t()
         rows.append(y)
@@ -39,9 +40,9 @@ def reference(layer, x, slots, adapters):
 def run(layer, plan, x, slots, static=False):
     """The layer under the segment plan of `slots`, or (`static`) one slot per row with base at the zero slot."""
     if static:
-        plan.publish_rows(torch.tensor([plan.zero_slot if slot < 0 else slot for slot in slots]))
+        plan.publish_rows(torch.tensor(slots))
     else:
-        plan.publish(plan_segments(slots), "cpu")
+        plan.publish(slots, "cpu")
     try:
         with torch.no_grad():
             return layer(x)
@@ -65,7 +66,7 @@ def test_segment_loop_with_mixed_ranks_matches_rows_alone():
     adapters = {0: adapter(4, 1), 5: adapter(16, 2), 7: adapter(8, 3)}
     for slot, weights in adapters.items():
         layer.set_slot(slot, *weights)
-    slots = [-1, -1, 0, 0, 5, 7, 7, 9]  # slot 9: an adapter that does not touch this layer
+    slots = [0, 0, 5, 7, 7, 9, BASE, BASE]  # sorted; slot 9: an adapter that does not touch this layer
     x = torch.randn(len(slots), 6, IN)
     assert torch.allclose(run(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
 
@@ -75,9 +76,9 @@ def test_gathered_path_equals_the_loop_and_sees_evictions():
     adapters = {slot: adapter(4 + slot % 3 * 4, slot) for slot in range(BMM_MIN_SEGMENTS + 2)}
     for slot, weights in adapters.items():
         layer.set_slot(slot, *weights)
-    slots = [-1] + sorted(adapters)
+    slots = sorted(adapters) + [BASE]
     x = torch.randn(len(slots), 5, IN)
-    plan.publish(plan_segments(slots), "cpu")
+    plan.publish(slots, "cpu")
     assert plan.row_slots is not None  # enough segments for the gathered path
     plan.clear()
     assert torch.allclose(run(layer, plan, x, slots), reference(layer, x, slots, adapters), atol=1e-5)
@@ -92,7 +93,7 @@ def test_static_rows_in_any_order_match_rows_alone_and_see_installs_in_place():
     for slot, weights in adapters.items():
         layer.set_slot(slot, *weights)
     plan.width = MAX_RANK  # as the backend fixes it at load: ranks 2..16 and later installs at one width
-    slots = [7, -1, 0, 5, -1, 7, 9, 0]  # unsorted, base rows between adapter rows
+    slots = [7, BASE, 0, 5, BASE, 7, 9, 0]  # unsorted, base rows between adapter rows
     x = torch.randn(len(slots), 6, IN)
     assert torch.allclose(run(layer, plan, x, slots, static=True), reference(layer, x, slots, adapters), atol=1e-5)
     layer.clear_slot(5)
@@ -107,4 +108,4 @@ def test_static_path_refuses_a_flat_input_instead_of_dropping_the_adapters():
     layer.set_slot(0, *adapter(4, 1))
     plan.width = MAX_RANK
     with pytest.raises(RuntimeError):
-        run(layer, plan, torch.randn(2, IN), [0, -1], static=True)
+        run(layer, plan, torch.randn(2, IN), [0, BASE], static=True)

@@ -33,7 +33,7 @@ PROPAGATION_S = 1.5  # replicas push adapter ids to Ray's routers asynchronously
 
 @pytest.fixture(scope="module")
 def config_yaml(demo_dirs, tmp_path_factory) -> Path:
-    from server.demo_assets import build_adapter
+    from server.demo_lora import build_adapter
 
     folder = tmp_path_factory.mktemp("scaleout")
     targets = [("q_proj", "v_proj"), ("q_proj", "k_proj", "v_proj", "o_proj"), ("gate_proj", "up_proj", "down_proj")]

@@ -47,5 +47,6 @@ def test_finish_rows_applies_dims_to_dense_only_and_dtype_to_both():
     assert answers.multivector[0].shape == (2, 4) and answers.multivector[0].dtype == np.float16
     np.testing.assert_allclose(answers.multivector[0], [[0.6, 0.8, 0, 0], [0, 0, 0, 1]], atol=1e-3)
     assert answers.sparse[0].values.dtype == np.float32
-    dense_only = finish_rows([np.array([1.0, 0.0], np.float32)], EncodeOptions(), dims=None, normalize=False)
+    dense_only = finish_rows([RowOutputs(dense=np.array([1.0, 0.0], np.float32))], EncodeOptions(), dims=None,
+                             normalize=False)
     assert dense_only.sparse is None and dense_only.multivector is None and dense_only.dense.shape == (1, 2)

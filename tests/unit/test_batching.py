@@ -13,7 +13,7 @@ import pytest
 
 from server import errors
 from server.api.errors import from_domain
-from server.backends.base import TokenBatch
+from server.backends.base import RowOutputs, TokenBatch
 from server.batching import Batcher, BatchLimits, plan_batch
 
 
@@ -55,12 +55,12 @@ class Recorder:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    async def __call__(self, batch: TokenBatch) -> np.ndarray:
+    async def __call__(self, batch: TokenBatch) -> list[RowOutputs]:
         await self.gate.wait()
         self.batches.append(batch)
         if self.fail_on is not None and self.fail_on in batch.slots:
             raise RuntimeError("boom")
-        return np.array([[float(ids[0])] for ids in batch.input_ids], dtype=np.float32)
+        return [RowOutputs(dense=np.array([float(ids[0])], dtype=np.float32)) for ids in batch.input_ids]
 
 
 def limits(**overrides):
@@ -86,7 +86,7 @@ def test_rows_from_many_requests_share_batches_within_limits():
         return recorder, results
 
     recorder, results = run(scenario())
-    assert [r.vector[0] for r in results] == [0, 1, 2, 3, 4, 5]  # every row gets its own answer
+    assert [r.outputs.dense[0] for r in results] == [0, 1, 2, 3, 4, 5]  # every row gets its own answer
     assert all(len(set(b.slots)) <= 2 for b in recorder.batches)
     assert recorder.batches[0].slots == ["a", "b", "a", "b"]  # oldest first, others wait
     assert sum(len(b.slots) for b in recorder.batches) == 6
@@ -122,7 +122,7 @@ def test_failed_batch_fails_only_its_rows():
         return outcomes
 
     good, bad, later = run(scenario())
-    assert good.vector[0] == 1 and isinstance(bad, RuntimeError) and later.vector[0] == 3
+    assert good.outputs.dense[0] == 1 and isinstance(bad, RuntimeError) and later.outputs.dense[0] == 3
 
 
 def test_cancelled_rows_are_dropped():
@@ -179,7 +179,7 @@ def test_rows_asking_different_outputs_share_a_batch():
     mixed, dense_only = recorder.batches
     assert mixed.slots == ["a", "b"]
     assert mixed.outputs == [frozenset({"dense"}), frozenset({"sparse", "multivector"})]
-    assert dense_only.outputs is None
+    assert dense_only.dense_only and not mixed.dense_only  # which backend entry serves it, decided once
     first, second = mixed.split(1)
     assert first.outputs == [frozenset({"dense"})] and second.outputs == [frozenset({"sparse", "multivector"})]
 
@@ -197,7 +197,7 @@ def test_a_burst_of_lone_requests_shares_one_batch():
 
     recorder, results = run(scenario())
     assert [list(b.input_ids) for b in recorder.batches] == [[[i] for i in range(8)]]
-    assert [r[0].vector[0] for r in results] == list(range(8))
+    assert [r[0].outputs.dense[0] for r in results] == list(range(8))
 
 
 def test_a_cancelled_wait_drops_its_rows():

@@ -1,5 +1,5 @@
-"""Option parsing and resolution as both APIs run them: the edge's one pydantic model (`OptionsIn`)
-into the core's typed options, then profile first, request options override, params.instruction wins."""
+"""server/options.py: option parsing and resolution as both APIs run them: the edge's one pydantic model
+(`OptionsIn`) into the core's typed options, then `resolve_options`, the one place of every precedence rule."""
 
 from __future__ import annotations
 
@@ -18,9 +18,7 @@ def resolve_options(config, *, options=None, instruction=None, output_types=None
               "output_dtype": output_dtype}
     parsed = validate(ParamsIn, {k: v for k, v in params.items() if v is not None})
     try:
-        requested = (parsed.options or OptionsIn()).requested(
-            instruction=parsed.instruction, output_types=parsed.output_types, output_dtype=parsed.output_dtype)
-        return resolve(config, requested)
+        return resolve(config, (parsed.options or OptionsIn()).requested(parsed))
     except errors.ServingError as exc:
         raise from_domain(exc) from None
 
@@ -95,3 +93,21 @@ def test_dims_range():
     for bad in (31, 65, 0):
         with pytest.raises(errors.InvalidInput, match="out of range; this model allows 32..64"):
             check_dims(bad, 64, 32)
+
+
+def test_every_precedence_rule_in_one_resolution(demo_config):
+    """`resolve_options` alone decides: params beat options for instruction and dtype, options beat the
+    profile, the model id's selection is applied and checked against the options."""
+    from server.options import RequestedOptions, Selection
+
+    both = RequestedOptions(instruction="from options", params_instruction="from params", output_dtype="int8",
+                            params_output_dtype="float16", profile="legal")
+    resolved = resolve(demo_config, both)
+    assert resolved.instruction == "from params" and resolved.output_dtype == "float16"
+    assert resolved.lora_id == "legal"  # the profile's adapter
+    assert resolve(demo_config, RequestedOptions(profile="legal")).instruction == \
+        demo_config.profiles["legal"].instruction
+    by_id = resolve(demo_config, RequestedOptions(), Selection(lora_id="finance", written="m:finance"))
+    assert by_id.lora_id == "finance"
+    with pytest.raises(errors.InvalidInput, match="selects adapter 'finance' but options.lora_id 'legal'"):
+        resolve(demo_config, RequestedOptions(lora_id="legal"), Selection(lora_id="finance", written="m:finance"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from server.cache import builtin_root
 from server.config import ServerSettings, model_config_from_dict
-from server.demo_assets import cache_root
 from server.public_paths import PublicPaths, public_paths
 
 
@@ -19,8 +19,8 @@ def test_configured_folders_show_as_written(tmp_path):
     root = (tmp_path / "adapters" / "m").resolve()
     assert paths.hide(f"adapter folder '{root}/x' does not exist") == "adapter folder '../adapters/m/x' does not exist"
     assert paths.hide(f"{(tmp_path / 'configs' / 'weights').resolve()}: no config.json") == "./weights: no config.json"
-    assert paths.hide(f"under {cache_root() / 'dynamic'}") == "under builtin:qwen3-tiny/dynamic"
-    assert paths.hide(str(cache_root().parent / "other")) == "$MLE_CACHE_DIR/builtin/other"
+    assert paths.hide(f"under {builtin_root() / 'dynamic'}") == "under builtin:qwen3-tiny/dynamic"
+    assert paths.hide(str(builtin_root().parent / "other")) == "$MLE_CACHE_DIR/builtin/other"
 
 
 def test_other_paths_are_cut_and_routes_kept():

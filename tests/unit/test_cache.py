@@ -1,5 +1,5 @@
-"""Where the asset cache lives (stable from any working directory) and the modes of what is built there
-(the umask's, not mkdtemp's 0700)."""
+"""server/cache.py: where the asset cache lives (stable from any working directory) and the modes of what is
+built there (the umask's, not mkdtemp's 0700)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import os
 import stat
 from pathlib import Path
 
-from server import demo_assets
-from server.demo_assets import build_atomically, cache_dir
+from server import cache
+from server.cache import build_atomically, cache_dir
 
 
 def test_cache_dir_is_the_variable_else_the_checkouts(monkeypatch, tmp_path):
     monkeypatch.setenv("MLE_CACHE_DIR", str(tmp_path / "mine"))
     assert cache_dir() == tmp_path / "mine"
     monkeypatch.delenv("MLE_CACHE_DIR")
-    checkout = Path(demo_assets.__file__).resolve().parents[1]
+    checkout = Path(cache.__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)  # the working directory does not matter
     assert cache_dir() == checkout / ".cache"
 
@@ -23,7 +23,7 @@ def test_cache_dir_is_the_variable_else_the_checkouts(monkeypatch, tmp_path):
 def test_installed_package_uses_the_user_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("MLE_CACHE_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    monkeypatch.setattr(demo_assets, "__file__", str(tmp_path / "site-packages" / "server" / "demo_assets.py"))
+    monkeypatch.setattr(cache, "__file__", str(tmp_path / "site-packages" / "server" / "cache.py"))
     assert cache_dir() == tmp_path / "xdg" / "multilora-embed"
 
 
