@@ -95,7 +95,7 @@ test-real: $(VENV)/.real-installed
 DEMO_MODELS ?= all-minilm-l6-v2 smollm2-135m
 DEMO_PORT ?=
 demo-adapter: $(VENV)/.real-installed
-	$(BIN)/python -m server.adapt.demo $(if $(DEMO_PORT),--port $(DEMO_PORT)) $(DEMO_MODELS)
+	$(BIN)/python -m server.training.demo $(if $(DEMO_PORT),--port $(DEMO_PORT)) $(DEMO_MODELS)
 
 # GPU engine measurements (a CUDA machine; the packages may be preinstalled there rather than in .venv).
 BENCH_PY ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,$(PY))

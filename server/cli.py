@@ -1,7 +1,7 @@
 """Command line: `launch.py [serve] --config ...` serves; `launch.py check --config ...` validates only
 (a dry run of the serving load path: tokenizer, shapes, every adapter read and validated);
 `launch.py warm --config ... --out F` loads as serve does and writes the compiled kernels for other nodes;
-`launch.py train ...` and `launch.py eval ...` run the adapter loop (server/adapt)."""
+`launch.py train ...` and `launch.py eval ...` run the adapter loop (server/training)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 
-from server.adapt.commands import program
 from server.config import (
     SETTINGS_FIELDS,
     ConfigError,
@@ -25,6 +24,7 @@ from server.config import (
 from server.help_format import HelpFormatter
 from server.local_model import OPERATOR_ERRORS
 from server.logs import configure_logging
+from server.training.commands import program
 
 log = logging.getLogger("launch")
 
@@ -88,7 +88,7 @@ def check(settings: ServerSettings, models, backend: str | None = None) -> None:
 
 
 def adapter_loop(command: str, argv: list[str]) -> int:
-    from server.adapt import commands
+    from server.training import commands
 
     configure_logging(os.environ.get("SIE_LOG_LEVEL", "info"), "text")
     try:

@@ -23,7 +23,7 @@ LAYERS = [
               "server.served_model", "server.local_model", "server.model_loading", "server.build"]),
     ("api", ["server.api"]),
     ("scaleout", ["server.scaleout"]),
-    ("adapt", ["server.adapt"]),
+    ("training", ["server.training"]),
     ("cli", ["server.cli"]),
 ]
 

@@ -38,7 +38,7 @@ def shapes_of(linears: dict[str, nn.Linear]) -> dict[str, tuple[int, int]]:
 def meta_linear_shapes(model_dir: Path, allowed: tuple[str, ...] | None, *,
                        masked_lm: bool = False) -> tuple[dict[str, tuple[int, int]], int]:
     """Linear shapes and hidden size from config.json alone (no weights read); with `masked_lm`, of the
-    transformer inside the *ForMaskedLM model (as `load_encoder` serves a SPLADE model)."""
+    transformer inside the *ForMaskedLM model (as `load_transformer` serves a SPLADE model)."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
     config = AutoConfig.from_pretrained(model_dir)
@@ -47,8 +47,8 @@ def meta_linear_shapes(model_dir: Path, allowed: tuple[str, ...] | None, *,
     return shapes_of(linear_targets(model, allowed)), int(config.hidden_size)
 
 
-def load_encoder(model_dir: Path, dtype: torch.dtype, device: str, *, masked_lm: bool = False) -> nn.Module:
-    """The bare transformer (`*Model`, no LM head) in eval mode on `device`; with `masked_lm`, the
+def load_transformer(model_dir: Path, dtype: torch.dtype, device: str, *, masked_lm: bool = False) -> nn.Module:
+    """The bare transformer, encoder or decoder (`*Model`, no LM head), in eval mode on `device`; with `masked_lm`, the
     `*ForMaskedLM` model (a SPLADE encoder: its transformer is `.base_model`, its head beside it)."""
     from transformers import AutoModel, AutoModelForMaskedLM
 

@@ -21,7 +21,7 @@ from server.backends.hf_model import (
     DTYPES,
     hidden_states,
     linear_targets,
-    load_encoder,
+    load_transformer,
     pad_rows,
     pool,
     prepared_causal_mask,
@@ -76,7 +76,7 @@ class TorchBackend(Backend):
         folder = resolve_source(self.config.model_path, kind="model")
         self.layout = read_layout(folder, self.config)
         log.info("%s: loading base model from %s on %s (%s)", self.config.name, folder, self.device, self.dtype)
-        loaded = load_encoder(folder, self.dtype, self.device, masked_lm=self.layout.splade is not None)
+        loaded = load_transformer(folder, self.dtype, self.device, masked_lm=self.layout.splade is not None)
         model = loaded.base_model if self.layout.splade is not None else loaded  # LoRA adapts the transformer only
         self.heads = load_heads(folder, self.layout, loaded, where=self.config.source_file, dtype=self.dtype,
                                 device=self.device)

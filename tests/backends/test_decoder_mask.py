@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from server.backends.hf_model import load_encoder, pooled_forward, prepared_causal_mask
+from server.backends.hf_model import load_transformer, pooled_forward, prepared_causal_mask
 from server.model_layout import ModelLayout
 
 LAYOUT = ModelLayout(encoder=False, pooling="last", max_positions=None)
@@ -33,7 +33,7 @@ def sdpa_calls(model, mask, ids, lengths):
 
 
 def test_compiled_decoder_runs_sdpa_causal_without_a_mask(demo_dirs):
-    model = load_encoder(demo_dirs["model"], torch.float32, "cpu")
+    model = load_transformer(demo_dirs["model"], torch.float32, "cpu")
     mask = prepared_causal_mask(model)
     assert mask == {"full_attention": None}
     ids = torch.randint(0, 1000, (3, 12))

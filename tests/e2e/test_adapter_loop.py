@@ -11,10 +11,10 @@ import logging
 import httpx
 import pytest
 
-from server.adapt.pairs import pair_records, write_jsonl
 from server.cli import main
-from tests.adapt.test_train import PAIRS
+from server.training.pairs import pair_records, write_jsonl
 from tests.conftest import DEMO_MODEL, DEMO_YAML, LiveServer, build_app
+from tests.training.test_train import PAIRS
 
 
 @pytest.fixture(autouse=True)

@@ -98,7 +98,7 @@ def test_gguf_model_loads_and_embeds_deterministically(tmp_path):
 
 
 def test_faq_split_is_fixed():
-    from server.adapt.faq import faq_records, split_faq
+    from server.training.faq import faq_records, split_faq
 
     records = faq_records()
     split = split_faq(records)

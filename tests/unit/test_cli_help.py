@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from server.adapt.commands import eval_parser, train_parser
 from server.cli import build_parser
 from server.config import SETTINGS_FIELDS
+from server.training.commands import eval_parser, train_parser
 
 
 @pytest.mark.parametrize("parser", [build_parser(), train_parser(), eval_parser()], ids=["serve", "train", "eval"])

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server.adapt.metrics import rank_documents, retrieval_metrics
-from server.adapt.pairs import Pair
+from server.training.pairs import Pair
+from server.training.retrieval_metrics import rank_documents, retrieval_metrics
 
 BASE = "base"
 PROBE_TIMEOUT_S = 5.0
@@ -118,7 +118,7 @@ def evaluate(task: EvalTask) -> dict:
 
 def write_report(report: dict, out_dir: Path, name: str) -> tuple[Path, Path]:
     """`<name>.json` and `<name>.png` in `out_dir`."""
-    from server.adapt.chart import plot_metrics
+    from server.training.chart import plot_metrics
 
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.json"

@@ -24,14 +24,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from server.adapt.pairs import Pair
-from server.adapt.validation import base_model_identity, plan_warnings, validation_loss
-from server.backends.hf_model import load_encoder, pad_rows, pooled_forward
+from server.backends.hf_model import load_transformer, pad_rows, pooled_forward
 from server.cache import follow_umask
 from server.config import ConfigError, ModelConfig
 from server.model_layout import ModelLayout, read_layout
 from server.sources import resolve_source
 from server.tokenization import TextTokenizer, load_tokenizer
+from server.training.pairs import Pair
+from server.training.validation import base_model_identity, plan_warnings, validation_loss
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def prepare(config: ModelConfig, settings: TrainSettings) -> Embedder:
     layout = read_layout(folder, config)
     tokenizer = load_tokenizer(config)
     torch.manual_seed(settings.seed)
-    base = load_encoder(folder, torch.float32, "cpu")
+    base = load_transformer(folder, torch.float32, "cpu")
     targets = settings.targets or config.adapters.lora_target_modules or "all-linear"
     lora = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=0.0,
                       target_modules=list(targets) if isinstance(targets, tuple) else targets)

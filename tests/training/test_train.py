@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from server.adapt.pairs import Pair
-from server.adapt.train import Embedder, TrainSettings, batches, train_adapter
 from server.config import ConfigError
+from server.training.pairs import Pair
+from server.training.train import Embedder, TrainSettings, batches, train_adapter
 from tests.conftest import loaded_model, token_batch
 
 TOPICS = ["permits", "drainage", "roofing", "asbestos", "radon", "insulation", "windows", "foundations",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from server.adapt.pairs import Pair, read_corpus, read_pairs
 from server.config import ConfigError
+from server.training.pairs import Pair, read_corpus, read_pairs
 
 
 def test_reads_pairs_and_optional_negatives(tmp_path):

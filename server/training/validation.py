@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from server.adapt.pairs import Pair
 from server.config import ModelConfig, ServerSettings
 from server.public_paths import public_paths
+from server.training.pairs import Pair
 
 MIN_STEPS = 50
 

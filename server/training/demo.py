@@ -2,7 +2,7 @@
 with `launch.py`, hot-load the adapter through the admin API, evaluate base vs adapter on the held-out
 split through the SIE SDK, and write `benchmarks/out/demo-adapter/<model>.json|png`.
 
-Usage: python -m server.adapt.demo [--port N] [all-minilm-l6-v2] [smollm2-135m]   (default: a free port)
+Usage: python -m server.training.demo [--port N] [all-minilm-l6-v2] [smollm2-135m]   (default: a free port)
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from server.adapt.evaluate import EvalTask, evaluate, markdown_table, write_report
-from server.adapt.faq import faq_records, split_faq, write_split
-from server.adapt.train import TrainSettings, log_progress, train_adapter
 from server.cache import cache_dir
 from server.config import load_model_config
+from server.training.evaluate import EvalTask, evaluate, markdown_table, write_report
+from server.training.faq import faq_records, split_faq, write_split
+from server.training.train import TrainSettings, log_progress, train_adapter
 
 log = logging.getLogger("demo")
 ADAPTER = "zaragoza-construction-faq"

@@ -1,11 +1,11 @@
-"""`make demo-adapter`'s command line (server/adapt/demo.py): a chosen port, and its mistakes named. The demo
+"""`make demo-adapter`'s command line (server/training/demo.py): a chosen port, and its mistakes named. The demo
 itself trains and serves real models (`make demo-adapter`); these checks start nothing."""
 
 from __future__ import annotations
 
 import pytest
 
-from server.adapt import demo
+from server.training import demo
 
 
 def test_port_and_models_are_checked_before_anything_starts(capsys):

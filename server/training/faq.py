@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from server.adapt.pairs import Pair, pair_records, write_jsonl
+from server.training.pairs import Pair, pair_records, write_jsonl
 
 PACKAGE = "zaragoza_construction_faq"
 DATA_FILE = "data/faq-en.jsonl"

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
-from server.adapt.train import TrainSettings, train_adapter
-from server.adapt.validation import plan_warnings, split
-from tests.adapt.test_train import PAIRS
+from server.training.train import TrainSettings, train_adapter
+from server.training.validation import plan_warnings, split
+from tests.training.test_train import PAIRS
 
 
 def test_plan_warnings():
@@ -36,7 +36,7 @@ def record_run(demo_config, demo_dirs, tmp_path_factory):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append
-    logger = logging.getLogger("server.adapt.train")
+    logger = logging.getLogger("server.training.train")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from server.adapt.metrics import ndcg, rank_documents, recall_at, reciprocal_rank, retrieval_metrics
+from server.training.retrieval_metrics import ndcg, rank_documents, recall_at, reciprocal_rank, retrieval_metrics
 
 
 def test_single_relevant_document_at_each_position():

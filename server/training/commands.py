@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from server.adapt.pairs import read_corpus, read_pairs
 from server.config import ConfigError, load_model_config
 from server.help_format import HelpFormatter
+from server.training.pairs import read_corpus, read_pairs
 
 log = logging.getLogger("launch")
 
@@ -72,8 +72,8 @@ def eval_parser() -> argparse.ArgumentParser:
 def run_train(argv: list[str]) -> int:
     import torch
 
-    from server.adapt.train import TrainSettings, log_progress, train_adapter
-    from server.adapt.validation import split
+    from server.training.train import TrainSettings, log_progress, train_adapter
+    from server.training.validation import split
 
     args = train_parser().parse_args(argv)
     out = Path(args.out)
@@ -100,7 +100,7 @@ def run_train(argv: list[str]) -> int:
 
 
 def run_eval(argv: list[str]) -> int:
-    from server.adapt.evaluate import EvalRefused, EvalTask, corpus_of, evaluate, markdown_table, write_report
+    from server.training.evaluate import EvalRefused, EvalTask, corpus_of, evaluate, markdown_table, write_report
 
     args = eval_parser().parse_args(argv)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one INFO line per encode call otherwise
