@@ -52,7 +52,7 @@ test: venv lint
 	$(BIN)/python -m pytest -q
 
 # The long soak, the soak with four other processes keeping the cores busy, and the shutdown tests on a busy
-# machine (MLE_TEST_BUSY: the test session's own spinning processes). About 15 minutes on 2 cores.
+# machine (MLE_TEST_BUSY: the test session's own spinning processes). About 3 minutes on 2 cores.
 test-soak: venv
 	$(BIN)/python -m pytest -q -m soak tests/soak
 	MLE_TEST_BUSY=4 $(BIN)/python -m pytest -q tests/e2e/test_soak.py tests/e2e/test_shutdown_during_load.py \

@@ -39,3 +39,20 @@ def test_referenced_documents_exist_and_nothing_points_outside():
             problems.append(f"{where} refers to {outside}")
         problems += [f"{where} -> {doc}" for doc in DOC_PATH.findall(text) if not (REPO / doc).is_file()]
     assert problems == []
+
+
+def test_every_module_has_its_test_file_or_is_mapped_in_the_readme():
+    """A module `server/x/name.py` is tested in `tests/**/test_name.py`, or the README's map says where."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Where each module is tested", 1)[1].split("\n## ", 1)[0]
+    section = "\n".join(line for line in section.splitlines() if line.startswith("| `"))
+    mapped = set(re.findall(r"`([\w/]+)`", section))
+    test_names = {path.name for path in (REPO / "tests").rglob("test_*.py")}
+    unmapped = [
+        str(module.relative_to(REPO / "server").with_suffix(""))
+        for module in sorted((REPO / "server").rglob("*.py"))
+        if module.name != "__init__.py" and f"test_{module.name}" not in test_names
+    ]
+    assert [name for name in unmapped if name not in mapped] == []
+    named_files = re.findall(r"`([\w/]+\.py)`", section)
+    assert [name for name in named_files if not (REPO / "tests" / name).is_file()] == []
