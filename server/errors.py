@@ -91,7 +91,8 @@ class ShuttingDown(ServingError):
 
 
 class AdapterNotResident(ServingError):
-    """A row reached a backend for a slot that holds no adapter (the registry makes this unreachable)."""
+    """SGLang's engine holds no adapter under the name a row's slot maps to (the registry keeps every leased
+    adapter resident; only the engine's own state can differ)."""
 
 
 def listed(names: Iterable[str]) -> str:

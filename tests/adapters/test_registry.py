@@ -71,6 +71,33 @@ def test_slots_stay_within_capacity_and_are_reused(on_demand_model):
     assert model.adapters.counters["evictions"] == 1
 
 
+def test_a_leased_slot_keeps_its_adapter_until_released(on_demand_model):
+    """Residency is the registry's alone (the backends do not check again): an unload asked for under a lease
+    waits for the release, so a batch formed with the lease's slot finds the adapter installed; once it is
+    gone the slot answers base vectors, which no lease can reach."""
+    from server.backends.base import TokenBatch
+
+    model, rows = on_demand_model, [[11, 12, 13, 14, 15]]
+
+    def embed(slot):
+        return model.backend.embed_sync(TokenBatch(rows, [slot]))[0]
+
+    async def scenario():
+        await model.adapters.ensure("legal")
+        lease = model.adapters.acquire("legal")
+        unloading = asyncio.ensure_future(model.adapters.unload("legal"))
+        await asyncio.sleep(0.05)
+        assert not unloading.done() and "legal" not in model.adapters.names()  # admits no new lease
+        under_lease = embed(lease.slot)
+        model.adapters.release(lease)
+        await unloading
+        return lease.slot, under_lease
+
+    slot, under_lease = asyncio.run(scenario())
+    base, after = embed(None), embed(slot)
+    assert abs(under_lease - base).max() > 1e-3 and abs(after - base).max() == 0
+
+
 def test_preloads_over_capacity_are_a_config_error(demo_config, demo_dirs):
     from server.build import load_model
     from server.config import ConfigError, ServerSettings

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 
-from server import errors
 from server.backends.base import TokenBatch
 
 TEXTS = [
@@ -74,12 +73,6 @@ def test_mixed_batch_matches_peft_mixed_batch(embed_rows, peft_reference, token_
     reference = unit(hidden[:, -1].numpy())
     ours = unit(embed_rows(rows, [None if n == "__base__" else n for n in names]))
     assert np.abs(ours - reference).max() <= 1e-5
-
-
-def test_empty_slot_is_refused(torch_backend, token_rows):
-    """The registry never hands out an empty slot; a backend that got one anyway refuses the batch."""
-    with pytest.raises(errors.AdapterNotResident):
-        torch_backend.embed_sync(TokenBatch(token_rows[:1], [7]))
 
 
 def test_resident_adapters_are_reported(demo_model):
