@@ -10,7 +10,7 @@ REPLICAS ?= 2
 # CONFIG may name several model YAMLs (space-separated): one server serves them all.
 CONFIGS  = $(foreach config,$(CONFIG),--config $(config))
 
-.PHONY: venv run run-scaleout lint test test-soak test-sglang test-scaleout test-real test-multioutput test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
+.PHONY: venv run run-scaleout lint test test-soak test-long test-sglang test-scaleout test-real test-multioutput test-gpu gpu-check wheelhouse real demo-adapter bench-gpu check clean
 
 venv: $(STAMP)
 
@@ -57,6 +57,11 @@ test-soak: venv
 	$(BIN)/python -m pytest -q -m soak tests/soak
 	MLE_TEST_BUSY=4 $(BIN)/python -m pytest -q tests/e2e/test_soak.py tests/e2e/test_shutdown_during_load.py \
 		tests/e2e/test_reliability.py::test_sigterm_drains_then_exits_zero tests/unit/test_close_listener.py
+
+# Single tests of 15 s or more on 2 cores (a fresh node compiling from launch.py warm's file, gpu_check's runs on
+# the CPU), kept out of make test's ten minutes. About 3 minutes on 2 cores.
+test-long: venv
+	$(BIN)/python -m pytest -q -m long
 
 # Real SGLang on the CPU (its own venv; see tests/sglang/setup_venv.sh and docs/spec/SGLANG.md).
 test-sglang:

@@ -181,7 +181,7 @@ def test_a_backend_that_drops_the_deltas_is_caught_by_the_probe(demo_config, dem
 
     class DroppingBackend(TorchBackend):
         async def install(self, slot, adapter, *, pinned=False):
-            self._installed.add(slot)  # claims the slot, applies nothing
+            """Accepts the slot and applies nothing."""
 
     settings = ServerSettings()
     from server.local_model import LocalModel

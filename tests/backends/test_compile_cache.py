@@ -43,7 +43,7 @@ def test_warm_refuses_when_nothing_compiles(tmp_path):
     assert not (tmp_path / "x.bin").exists()
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_warm_writes_kernels_a_fresh_node_compiles_from(tmp_path):
     config, out = compiled_demo(tmp_path), tmp_path / "fleet.bin"
     done = run(["launch.py", "warm", "--config", str(config), "--out", str(out)], str(tmp_path / "first"))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import importlib.util
 import json
 import sys
@@ -58,6 +60,7 @@ def test_gpu_torch_bench_smoke(tmp_path):
     assert engine["compiles_at_ready"] == engine["compiles_after"] == 0 and "weights" in engine["phases_s"]
 
 
+@pytest.mark.long
 def test_gpu_serve_bench_smoke(tmp_path):
     """`make bench-gpu`'s HTTP vs in-process run, at tiny shapes on the CPU: every request answered, seconds to
     ready and the start-up phases of the served model, and a second start."""
@@ -86,6 +89,7 @@ def test_gpu_op_bench_smoke():
     assert cell["lora_bytes_per_token_layer"] == sum(i * 4 + 64 + 64 + 2 * o * 4 for i, o in per_linear)
 
 
+@pytest.mark.long
 def test_gpu_check_smoke(tmp_path):
     """`make gpu-check` end to end at tiny shapes on the CPU (the kernels in Triton's interpreter): every
     stage runs in order and the table has a row per target."""
@@ -102,6 +106,7 @@ def test_gpu_check_smoke(tmp_path):
     assert json.loads(out.read_text())["smoke"] is True
 
 
+@pytest.mark.long
 def test_gpu_check_keeps_what_a_stage_measured_before_its_share_ran_out(tmp_path):
     """A stage stopped at its share still reports what it wrote; later stages keep their reserved shares."""
     gpu_check = load("gpu_check", "benchmarks/gpu")
