@@ -272,6 +272,9 @@ class ServerSettings:
                                                                       "which requests get 503 QUEUE_FULL")
     api_keys: tuple[str, ...] = setting((), "comma-separated keys; every route but auth_exempt_paths then needs "
                                             "Authorization: Bearer")
+    api_key_file: str = setting("", "a YAML file of keys, each with its tenant, the models and shared adapters it "
+                                    "may use and whether it may manage adapters (README: Tenants); read again "
+                                    "when it changes or on SIGHUP")
     auth_exempt_paths: tuple[str, ...] = setting(("/healthz", "/readyz", "/metrics"),
                                                  "comma-separated paths open without a key")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")

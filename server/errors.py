@@ -45,6 +45,10 @@ class NotSupported(InvalidInput):
     """A feature this deployment does not offer (admin routes in scale-out)."""
 
 
+class Forbidden(ServingError):
+    """The key is known but its scope does not allow this action (the admin API, pinning, /metrics)."""
+
+
 class ModelNotFound(ServingError):
     """No served model of that name."""
 

@@ -20,7 +20,7 @@ from server.config import ConfigError, ModelConfig, ServerSettings
 from server.lora.peft_format import AdapterError
 from server.model_loading import ModelLoading
 from server.options import EncodeOptions, check_dims, check_outputs
-from server.served_model import BatchObserver, EncodeResult, ModelState, ModelStats, ModelStatus
+from server.served_model import BatchObserver, EncodeResult, ModelState, ModelStats, ModelStatus, Provenance
 from server.sources import SourceError
 from server.threads import DaemonExecutor
 from server.tokenization import TextTokenizer
@@ -54,6 +54,7 @@ class LocalModel(ModelLoading):
         self.phase: str | None = None  # what loading is doing now (logged if a stop interrupts it)
         self.startup: dict[str, float] = {}  # seconds per load phase, in order
         self.ready_s: float | None = None  # from the start of loading to ready
+        self.base_digest: str | None = None  # of the base model's files, once loaded (answers name it)
         self.abandoned = False  # stopped before loading finished: its worker threads are left to the exit
         self.answers = AnswerBudget(settings.max_response_bytes, settings.max_pending_response_bytes)
 
@@ -105,7 +106,8 @@ class LocalModel(ModelLoading):
         return ModelStatus(name=self.name, state=self.state, dims=self.dims,
                            outputs=self.output_dims() if loaded else {},
                            failure=f"{type(failure).__name__}: {failure}" if failure else None,
-                           config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats())
+                           config_error=isinstance(failure, OPERATOR_ERRORS), stats=self._stats(),
+                           base_digest=self.base_digest)
 
     def _stats(self) -> ModelStats:
         registry, batcher = self.adapters, self.batcher
@@ -131,10 +133,11 @@ class LocalModel(ModelLoading):
             raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
                                       f"{self.settings.max_items_per_request} items per request", field="items")
         if options.lora_id is None:
-            return await self._encode(texts, options, None)
+            return await self._encode(texts, options, None, Provenance(base_digest=self.base_digest))
         lease = self.adapters.acquire(options.lora_id)
         try:
-            return await self._encode(texts, options, lease.slot)
+            return await self._encode(texts, options, lease.slot,
+                                      Provenance(lease.name, lease.digest or None, self.base_digest))
         finally:
             self.adapters.release(lease)
 
@@ -148,7 +151,8 @@ class LocalModel(ModelLoading):
         cap = self.tokenizer.max_tokens(limit)
         return clipped, sum(min(len(t.encode("utf-8")) + 2, cap) for t in clipped)
 
-    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None) -> EncodeResult:
+    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None,
+                      provenance: Provenance) -> EncodeResult:
         t0 = time.perf_counter()
         # Short inputs are prepared faster than a thread hop costs; long ones must not block the event loop.
         inline = sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS
@@ -172,4 +176,5 @@ class LocalModel(ModelLoading):
                             tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
                             inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
                             truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut),
-                            sparse=answers.sparse, multivector=answers.multivector, output_dims=sizes)
+                            sparse=answers.sparse, multivector=answers.multivector, output_dims=sizes,
+                            provenance=provenance)

@@ -11,10 +11,12 @@ import time
 from server import errors
 from server.adapters.policy import AdapterSources, DynamicSources
 from server.config import ConfigError
+from server.digests import folder_digest
 from server.logs import startup_progress
 from server.options import check_outputs
 from server.served_model import ModelState
 from server.sources import resolve_source
+from server.threads import DaemonExecutor
 from server.tokenization import load_tokenizer
 
 log = logging.getLogger("server.local_model")
@@ -41,6 +43,7 @@ class ModelLoading:
                 raise ConfigError(f"{config.source_file}: dims {config.dims} is larger than the model's hidden "
                                   f"size {hidden}")
             progress.step("base model")
+            digesting = self._digest_base()
             # Shapes are fixed at load (the rank width is max_lora_rank), so the forward compiles and its graphs
             # are captured before any adapter exists: installs copy into buffers they already read.
             with self._phase("warm_up", "warming up (compiling, capturing CUDA graphs)"):
@@ -57,7 +60,22 @@ class ModelLoading:
                                          on_loaded=lambda name: progress.step(f"adapter {name}"))
                 self._check_profiles()
                 self._report_roots(roots)
+            self.base_digest = await digesting
         self.state, self.phase = ModelState.READY, None
+
+    def _digest_base(self) -> asyncio.Future:
+        """The base model's digest (of its files, `digests.folder_digest`), computed on a thread of its own
+        beside the warm-up and the adapters: answers name the base model by it. None for the dry run."""
+        loop = asyncio.get_running_loop()
+        if not self.backend.info.embeds:
+            skipped = loop.create_future()
+            skipped.set_result(None)
+            return skipped
+        worker = DaemonExecutor(f"digest-{self.name}")
+        source = self.config.model_path
+        digesting = loop.run_in_executor(worker, lambda: folder_digest(resolve_source(source, kind="model")))
+        worker.shutdown(wait=False)
+        return digesting
 
     @contextlib.contextmanager
     def _phase(self, key: str, doing: str):

@@ -52,6 +52,7 @@ class ModelStatus:
     config_error: bool = False  # the failure is the operator's to fix (config, adapter files, sources)
     stats: ModelStats | None = None  # None where the state lives elsewhere (scale-out: on each replica)
     outputs: Mapping[str, int] = field(default_factory=dict)  # output type -> size, once loaded ({}: dense)
+    base_digest: str | None = None  # of the base model's files, once loaded (what answers' provenance names)
 
     def output_dims(self) -> dict[str, int]:
         """What `/v1/models` reports: each output type -> its size (dense only until the model is loaded)."""
@@ -62,6 +63,16 @@ class ModelStatus:
             raise errors.ModelLoading(f"model {self.name!r} is still loading")
         if self.state is ModelState.FAILED:
             raise errors.ModelLoadFailed(f"model {self.name!r} failed to load: {self.failure or 'unknown cause'}")
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """What made a request's vectors: the adapter (the registry's name and the digest of its weights as
+    loaded; None for base) and the base model's digest (of its files; None until computed)."""
+
+    adapter: str | None = None
+    adapter_digest: str | None = None
+    base_digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,7 @@ class EncodeResult:
     sparse: tuple[SparseVector, ...] | None = None  # per item, when asked for
     multivector: tuple[object, ...] | None = None  # per item np.ndarray [tokens, token_dims], when asked for
     output_dims: Mapping[str, int] = field(default_factory=dict)  # sizes of the outputs (sparse: vocabulary)
+    provenance: Provenance = Provenance()
 
 
 BatchObserver = Callable[[BatchShape], None]  # called once per forward batch

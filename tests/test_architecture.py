@@ -14,7 +14,8 @@ SERVER = Path(__file__).resolve().parents[1] / "server"
 LAYERS = [
     ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources", "server.cache",
                     "server.demo_assets", "server.demo_lora", "server.demo_m3", "server.model_layout",
-                    "server.packaged", "server.public_paths", "server.threads", "server.help_format"]),
+                    "server.packaged", "server.public_paths", "server.threads", "server.help_format",
+                    "server.digests", "server.tenancy"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),

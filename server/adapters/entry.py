@@ -25,18 +25,21 @@ class AdapterInfo:
     rank: int
     target_modules: tuple[str, ...]
     nbytes: int
+    digest: str = ""  # of the weights as loaded: answers name the adapter that made each vector by it
 
     @classmethod
     def of(cls, adapter: LoraAdapter) -> AdapterInfo:
-        return cls(adapter.source, adapter.rank, adapter.target_modules, adapter.nbytes)
+        return cls(adapter.source, adapter.rank, adapter.target_modules, adapter.nbytes, adapter.digest)
 
 
 @dataclass(frozen=True)
 class Lease:
-    """A request's hold on a resident adapter: its rows run at `slot` and it is not evicted meanwhile."""
+    """A request's hold on a resident adapter: its rows run at `slot` and it is not evicted meanwhile;
+    `digest` names the weights at that slot."""
 
     name: str
     slot: int
+    digest: str = ""
 
 
 @dataclass(eq=False)
@@ -62,5 +65,6 @@ class AdapterEntry:
         info = self.info
         return {"name": self.name, "state": self.state.value, "source": self.source, "pinned": self.pinned,
                 "rank": info.rank if info else None, "target_modules": list(info.target_modules) if info else [],
-                "bytes": info.nbytes if info else None, "last_used": self.last_used, "in_flight": self.leases,
+                "bytes": info.nbytes if info else None, "digest": info.digest if info else None,
+                "last_used": self.last_used, "in_flight": self.leases,
                 "cause": self.cause}

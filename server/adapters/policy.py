@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+_FOLDER = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")  # a tenant's folder under a root
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
 
 
@@ -63,15 +64,19 @@ class DynamicSources:
                             f"({', '.join(str(r) for r in self.roots) or 'none configured'})")
 
     def locate(self, lora_id: str) -> str | None:
-        """The source for a requested id, None when no root holds it; raises SourceRefused for a bad id."""
+        """The source for a requested id, None when no root holds it; raises SourceRefused for a bad id. A
+        tenant's id `<tenant>:<name>` is the folder `<root>/<tenant>/<name>` (or the hub id `name`)."""
         if "\x00" in lora_id or "\\" in lora_id or len(lora_id) > 200:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
-        if "/" in lora_id:
-            return self._hub(lora_id)
-        if lora_id in (".", "..") or lora_id.startswith("~"):
+        tenant, sep, name = lora_id.rpartition(":")
+        if sep and not _FOLDER.match(tenant):
+            raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
+        if "/" in name:
+            return self._hub(name)
+        if name in (".", "..") or name.startswith("~") or not name:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id (path components are refused)")
         for root in self.roots:
-            candidate = root / lora_id
+            candidate = root / tenant / name if sep else root / name
             if candidate.exists() or candidate.is_symlink():
                 return self._local(candidate)
         return None

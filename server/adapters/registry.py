@@ -92,7 +92,8 @@ class AdapterRegistry(AdapterLoading):
         described = {name: entry.describe() for name, entry in self.entries.items()}
         for name, source in self.configured.items():
             described.setdefault(name, {"name": name, "state": "unloaded", "source": source, "pinned": False,
-                                        "rank": None, "target_modules": [], "bytes": None, "last_used": None,
+                                        "rank": None, "target_modules": [], "bytes": None, "digest": None,
+                                        "last_used": None,
                                         "in_flight": 0, "cause": "unloaded by an operator; a request for it, or "
                                                                  "POST .../loras {\"name\": ...}, restores it"})
         return [described[name] for name in sorted(described)]
@@ -112,7 +113,7 @@ class AdapterRegistry(AdapterLoading):
             raise errors.AdapterLoading(f"adapter {name!r} is loading; retry shortly")
         entry.leases += 1
         entry.last_used = time.time()
-        return Lease(name, entry.slot)
+        return Lease(name, entry.slot, entry.info.digest if entry.info else "")
 
     def release(self, lease: Lease) -> None:
         entry = self.entries.get(lease.name)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -34,6 +35,7 @@ from server.api.openapi import install_openapi
 from server.config import ServerSettings
 from server.public_paths import public_paths
 from server.served_model import ServedModel
+from server.tenancy import KeyRing
 
 
 async def answer_api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -60,6 +62,22 @@ async def answer_http_error(request: Request, exc: StarletteHTTPException) -> JS
                                                     getattr(exc, "headers", None)))
 
 
+@contextlib.contextmanager
+def reload_keys_on_hangup(keys: KeyRing):
+    """SIGHUP reads the key file again (main thread only: an app served from another thread, as in tests,
+    still reloads when the file changes)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, keys.reload)
+    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
+
+
 def _lifespan(ctx: AppContext, load_in_background: bool):
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI):
@@ -70,7 +88,8 @@ def _lifespan(ctx: AppContext, load_in_background: bool):
             loads.append(loading)
         if not load_in_background:
             await asyncio.gather(*loads)
-        yield
+        with reload_keys_on_hangup(ctx.keys):
+            yield
         await asyncio.gather(*(model.stop() for model in ctx.models.values()))
 
     return lifespan
@@ -80,13 +99,14 @@ def create_app(models: Mapping[str, ServedModel], settings: ServerSettings, *,
                load_in_background: bool = True) -> FastAPI:
     """Model loading starts when the app starts (in the background, so /readyz answers at once)."""
     ctx = AppContext(models, settings, Metrics(models, replica=replica_id()), Lifecycle(),
-                     public_paths((model.config for model in models.values()), settings))
+                     public_paths((model.config for model in models.values()), settings),
+                     KeyRing(settings.api_keys, settings.api_key_file))
     # /docs and /redoc with their scripts served from the package, not a CDN (they work offline).
     app = FastAPIOffline(title="multilora-embed", version=__version__, lifespan=_lifespan(ctx, load_in_background),
                          description="Multi-LoRA embedding server: SIE encode API (msgpack or JSON) and OpenAI "
                                      "embeddings.")
     app.state.context = ctx
-    app.add_middleware(AuthMiddleware, keys=settings.api_keys, exempt=settings.auth_exempt_paths)
+    app.add_middleware(AuthMiddleware, keys=ctx.keys, exempt=settings.auth_exempt_paths)
     app.add_middleware(DrainMiddleware, lifecycle=ctx.lifecycle)
     app.add_middleware(RequestContextMiddleware)
     app.add_exception_handler(ApiError, answer_api_error)

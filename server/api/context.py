@@ -4,7 +4,7 @@ settings, metrics and the drain state), and the request body as every route with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
@@ -12,10 +12,14 @@ from server import errors
 from server.api.lifecycle import Lifecycle
 from server.api.metrics import Metrics
 from server.api.middleware import read_body
+from server.api.tenancy import scoped_models
 from server.api.wire import decode
 from server.config import ServerSettings
 from server.public_paths import PublicPaths
 from server.served_model import ServedModel
+from server.tenancy import KeyRing, Scope
+
+MAX_VIEWS = 1024  # scoped views kept (one per key scope; a reloaded key file makes new ones)
 
 
 @dataclass(frozen=True)
@@ -25,6 +29,18 @@ class AppContext:
     metrics: Metrics
     lifecycle: Lifecycle
     paths: PublicPaths = PublicPaths()  # how server paths are shown in answers
+    keys: KeyRing = field(default_factory=KeyRing)
+    views: dict = field(default_factory=dict, compare=False, repr=False)  # Scope -> its AppContext
+
+    def scoped(self, scope: Scope) -> AppContext:
+        """The context as a tenant's key sees it: its models, each narrowed to what it may use."""
+        view = self.views.get(scope)
+        if view is None:
+            if len(self.views) >= MAX_VIEWS:
+                self.views.clear()
+            view = self.views[scope] = AppContext(scoped_models(self.models, scope), self.settings, self.metrics,
+                                                  self.lifecycle, self.paths, self.keys)
+        return view
 
     def model(self, name: str) -> ServedModel:
         served = self.models.get(name)
@@ -34,7 +50,10 @@ class AppContext:
 
 
 def context(request: Request) -> AppContext:
-    return request.app.state.context
+    """The app's context, as the request's key sees it (a key file's scoped keys; `auth.AuthMiddleware`)."""
+    access = request.scope.get("access")
+    ctx = request.app.state.context
+    return ctx if access is None else ctx.scoped(access)
 
 
 async def request_body(request: Request, *, content_type: str | None = None):

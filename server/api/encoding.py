@@ -42,11 +42,25 @@ def output_entries(result: EncodeResult, options: EncodeOptions) -> list[dict]:
     return entries
 
 
-def result_headers(result: EncodeResult) -> dict[str, str]:
-    """Headers every encode answer carries beyond timing: the replica, and the items cut to max_seq_len."""
+def provenance(result: EncodeResult, options: EncodeOptions) -> dict:
+    """Which adapter made a request's vectors, as each item says it: the adapter as the client named it (None:
+    base), the digest of its weights as loaded and the base model's digest (as `/v1/models` shows them)."""
+    made = result.provenance
+    return {"adapter": options.lora_id, "adapter_digest": made.adapter_digest, "base_digest": made.base_digest}
+
+
+def result_headers(result: EncodeResult, options: EncodeOptions) -> dict[str, str]:
+    """Headers every encode answer carries beyond timing: the replica, the items cut to max_seq_len, and the
+    provenance (`X-Adapter`: the adapter's name, or `base`; the digests where known)."""
     headers = {"X-Replica-ID": result.replica} if result.replica else {}
     if result.truncated:
         headers[TRUNCATED_HEADER] = ",".join(map(str, result.truncated))
+    made = result.provenance
+    headers["X-Adapter"] = options.lora_id or "base"
+    if made.adapter_digest:
+        headers["X-Adapter-Digest"] = made.adapter_digest
+    if made.base_digest:
+        headers["X-Base-Digest"] = made.base_digest
     return headers
 
 
@@ -90,4 +104,5 @@ async def run_encode(target: ModelId, texts: tuple[str, ...], requested: Request
     track.items, track.tokens = len(texts), result.input_tokens
     track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
     track.truncated = len(result.truncated)
+    track.adapter = result.provenance.adapter or track.adapter  # the registry's name (a tenant's namespaced)
     return options, result

@@ -26,6 +26,7 @@ STATUS_TABLE: dict[type[errors.ServingError], tuple[int, str, int | None]] = {
     errors.InvalidInput: (400, "INVALID_INPUT", None),
     errors.InputTooLong: (400, "INPUT_TOO_LONG", None),
     errors.AdapterNotResident: (400, "INVALID_INPUT", None),
+    errors.Forbidden: (403, "FORBIDDEN", None),
     errors.ModelNotFound: (404, "MODEL_NOT_FOUND", None),
     errors.AdapterNotFound: (404, "LORA_NOT_FOUND", None),
     errors.AdapterConflict: (409, "LORA_CONFLICT", None),

@@ -28,6 +28,7 @@ def model_info(model: ServedModel, paths: PublicPaths) -> dict:
         "outputs": list(status.output_dims()) or ["dense"],
         "dims": status.output_dims(),
         "max_sequence_length": config.max_seq_len,
+        "digest": status.base_digest,
         "profiles": {name: {"instruction": p.instruction, "lora_id": p.lora_id, "is_default": False}
                      for name, p in config.profiles.items()},
         "capabilities": {"lora_adapters": usable,

@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from server import errors
 from server.api.context import context, request_body
-from server.api.encoding import result_headers, run_encode
+from server.api.encoding import provenance, result_headers, run_encode
 from server.api.errors import ApiError, from_domain, invalid_input
 from server.api.model_ids import parse_model_id
 from server.api.model_info import openai_entries
@@ -65,7 +65,7 @@ async def embeddings(request: Request) -> Response:
         try:
             target = parse_model_id(ctx, parsed.model)
             track.model = target.name
-            _, result = await run_encode(target, *parsed.requested(), request, track)
+            options, result = await run_encode(target, *parsed.requested(), request, track)
         except errors.ModelNotFound as exc:
             raise model_not_found(exc.message) from None
         except errors.UnknownAdapter as exc:  # `<model>:<suffix>` naming no adapter or profile: no such model
@@ -79,7 +79,9 @@ async def embeddings(request: Request) -> Response:
         values = [base64.b64encode(v.astype("<f4").tobytes()).decode() for v in result.vectors]
     else:
         values = [v.astype(np.float32) for v in result.vectors]
+    made = provenance(result, options)
     payload = {"object": "list", "model": parsed.model,
-               "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(values)],
+               "data": [{"object": "embedding", "index": i, "embedding": v, "provenance": made}
+                        for i, v in enumerate(values)],
                "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens}}
-    return Response(dump_json(payload), media_type="application/json", headers=result_headers(result))
+    return Response(dump_json(payload), media_type="application/json", headers=result_headers(result, options))

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from server.api.context import context, request_body
-from server.api.encoding import output_entries, result_headers, run_encode
+from server.api.encoding import output_entries, provenance, result_headers, run_encode
 from server.api.model_ids import listed_model_id, parse_model_id
 from server.api.model_info import model_entries, openai_entries, selected_info
 from server.api.openapi import ENCODE_OPENAPI
@@ -43,15 +43,16 @@ async def encode(model: str, request: Request) -> Response:
         body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
         options, result = await run_encode(target, *parsed.requested(), request, track)
-    items = [{"id": str(item.id), **entry} if item.id is not None else entry  # ids are strings on SIE's wire
-             for item, entry in zip(parsed.items, output_entries(result, options))]
+    made = provenance(result, options)
+    items = [{"id": str(item.id), **entry, "provenance": made} if item.id is not None  # ids are strings on SIE's wire
+             else {**entry, "provenance": made} for item, entry in zip(parsed.items, output_entries(result, options))]
     total_ms = (time.perf_counter() - started) * 1e3
     payload = {"model": model, "items": items, "usage": {"input_tokens": result.input_tokens},
                "timing": {"total_ms": total_ms, "queue_ms": result.queue_ms,
                           "tokenization_ms": result.tokenization_ms, "inference_ms": result.inference_ms,
                           "postprocessing_ms": result.postprocessing_ms}}
     headers = {"X-Queue-Time": f"{result.queue_ms:.2f}", "X-Inference-Time": f"{result.inference_ms:.2f}",
-               "X-Total-Time": f"{total_ms:.2f}", **result_headers(result)}
+               "X-Total-Time": f"{total_ms:.2f}", **result_headers(result, options)}
     if wants_json(request.headers.get("accept")):
         return Response(dump_json(payload), media_type="application/json", headers=headers)
     return Response(pack(payload), media_type=MSGPACK, headers=headers)

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from server.digests import tensors_digest
+
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 _KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<kind>A|B)(?:\.[^.]+)?\.weight$")
@@ -46,6 +48,14 @@ class LoraAdapter:
     name: str
     source: str
     modules: Mapping[str, LoraModule]
+    digest: str = ""  # of the weights and scalings as loaded (`digests.tensors_digest`): what answers name
+
+    @classmethod
+    def of(cls, name: str, source: str, modules: Mapping[str, LoraModule]) -> LoraAdapter:
+        """The adapter with its digest, over the float32 weights in module order."""
+        digest = tensors_digest((path, m.scaling, (m.a.numpy().tobytes(), m.b.numpy().tobytes()))
+                                for path, m in sorted(modules.items()))
+        return cls(name=name, source=source, modules=modules, digest=digest)
 
     @property
     def rank(self) -> int:
@@ -69,7 +79,7 @@ class LoraAdapter:
         """The same adapter with its weights on `device` in `dtype` (where the backend computes)."""
         modules = {path: LoraModule(m.a.to(device=device, dtype=dtype), m.b.to(device=device, dtype=dtype),
                                     m.scaling) for path, m in self.modules.items()}
-        return LoraAdapter(name=self.name, source=self.source, modules=modules)
+        return LoraAdapter(name=self.name, source=self.source, modules=modules, digest=self.digest)
 
 
 def _fail(name: str, reason: str) -> AdapterError:
@@ -193,4 +203,4 @@ def load_peft_adapter(name: str, folder: str | Path, *, base_shapes: Mapping[str
             a=module.a.to(dtype=torch.float32).clone(memory_format=torch.contiguous_format),
             b=module.b.to(dtype=torch.float32).clone(memory_format=torch.contiguous_format),
             scaling=module.scaling)
-    return LoraAdapter(name=name, source=str(folder), modules=modules)
+    return LoraAdapter.of(name, str(folder), modules)

@@ -76,7 +76,7 @@ class Encoder:
     async def info(self) -> dict:
         status = self.model.status()
         return {"replica": self.replica, "dims": status.dims, "outputs": status.output_dims(),
-                "metrics_url": self.listener.url}
+                "base_digest": status.base_digest, "metrics_url": self.listener.url}
 
     async def _shutdown(self) -> None:
         self.listener.close()

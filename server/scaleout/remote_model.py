@@ -53,10 +53,12 @@ class RemoteModel:
         self._state = ModelState.LOADING
         self._dims = config.dims or 0
         self._outputs: dict[str, int] = {}
+        self._base_digest: str | None = None  # the first replica's (every replica loads the same files)
         self._connecting: asyncio.Task | None = None
 
     def status(self) -> ModelStatus:
-        return ModelStatus(name=self.config.name, state=self._state, dims=self._dims, outputs=self._outputs)
+        return ModelStatus(name=self.config.name, state=self._state, dims=self._dims, outputs=self._outputs,
+                           base_digest=self._base_digest)
 
     def start(self, on_batch: BatchObserver) -> asyncio.Future:
         """Ready once one encoder replica answers (batches, and so `on_batch`, live on the replicas)."""
@@ -73,6 +75,7 @@ class RemoteModel:
                 await asyncio.sleep(CONNECT_RETRY_S)
         self._dims = self.config.dims or info["dims"]
         self._outputs = info.get("outputs") or {}
+        self._base_digest = info.get("base_digest")
         self._state = ModelState.READY
         log.info("%s: ready (first answer from replica %s, metrics at %s)", self.config.name, info["replica"],
                  info["metrics_url"])

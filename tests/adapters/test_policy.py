@@ -66,3 +66,19 @@ def test_explicit_sources(root, tmp_path):
     for bad in (str(tmp_path / "outside"), str(root / "good" / ".." / ".." / "outside"), str(root / "escape")):
         with pytest.raises(SourceRefused):
             sources.check_source(bad)
+
+
+def test_a_tenants_id_is_its_folder_under_the_root(root, tmp_path):
+    """`<tenant>:<name>` (the registry's name of a tenant's own adapter) is `<root>/<tenant>/<name>`; the
+    tenant part is one plain folder name, and the name obeys the rules of any id."""
+    (root / "acme" / "shop").mkdir(parents=True)
+    sources = DynamicSources(roots=(root,), allow=("org/*",))
+    assert sources.locate("acme:shop") == str((root / "acme" / "shop").resolve())
+    assert sources.locate("globex:shop") is None and sources.locate("shop") is None
+    assert sources.locate("acme:org/adapter") == "org/adapter"
+    os.symlink(tmp_path / "outside", root / "acme" / "out")
+    for refused in ("..:shop", "acme:..", "a/b:shop", ":shop", "acme:~x", "acme:"):
+        with pytest.raises(SourceRefused):
+            sources.locate(refused)
+    with pytest.raises(SourceRefused, match="outside the adapter root"):
+        sources.locate("acme:out")

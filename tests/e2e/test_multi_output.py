@@ -59,7 +59,8 @@ def test_json_shapes_are_sies(m3_server):
     live, _ = m3_server
     body = {"items": [{"id": "a", "text": TEXTS[0]}], "params": {"output_types": ALL, "output_dtype": "float16"}}
     item = post(live.url, M3, body).json()["items"][0]
-    assert set(item) == {"id", "dense", "sparse", "multivector"}
+    assert set(item) == {"id", "dense", "sparse", "multivector", "provenance"}  # provenance: ours, SDKs skip it
+    assert item["provenance"]["adapter"] is None and len(item["provenance"]["base_digest"]) == 16
     assert item["dense"]["dtype"] == "float16" and item["dense"]["dims"] == 32
     sparse = item["sparse"]
     assert set(sparse) == {"dims", "dtype", "indices", "values"} and sparse["dtype"] == "float32"
@@ -81,19 +82,23 @@ def test_msgpack_and_json_agree(m3_server):
     np.testing.assert_allclose(as_json["multivector"]["values"], decoded["multivector"], atol=1e-6)
 
 
+def outputs(item: dict) -> set[str]:
+    return set(item) - {"provenance"}
+
+
 def test_outputs_resolve_options_over_profile_over_params(m3_server):
     live, _ = m3_server
     item = {"text": TEXTS[0]}
     only = post(live.url, M3, {"items": [item], "params": {"output_types": ["multivector"]}}).json()["items"][0]
-    assert set(only) == {"multivector"}
+    assert outputs(only) == {"multivector"}
     profile = post(live.url, M3, {"items": [item], "params": {"output_types": ["multivector"],
                                                              "options": {"profile": "hybrid"}}}).json()["items"][0]
-    assert set(profile) == {"dense", "sparse"}  # the profile's output_types win over params
+    assert outputs(profile) == {"dense", "sparse"}  # the profile's output_types win over params
     option = post(live.url, M3, {"items": [item], "params": {
         "output_types": ["multivector"], "options": {"profile": "hybrid", "output_types": ["sparse"]}}}).json()
-    assert set(option["items"][0]) == {"sparse"}  # options.output_types win over both
+    assert outputs(option["items"][0]) == {"sparse"}  # options.output_types win over both
     by_id = post(live.url, f"{M3}:colbert", {"items": [item]}).json()["items"][0]
-    assert set(by_id) == {"multivector"}
+    assert outputs(by_id) == {"multivector"}
 
 
 def test_profile_adapter_applies_to_every_output(m3_server):
@@ -226,7 +231,7 @@ def test_concurrent_requests_of_different_outputs_and_adapters(m3_config):
             alone = post(live.url, M3, {"items": [{"text": TEXTS[i % 3]}],
                                         "params": {"output_types": kinds, "options": {"lora_id": lora}}}).json()
             got = response.json()["items"][0]
-            assert set(got) == set(kinds)
+            assert outputs(got) == set(kinds)
             for kind in kinds:
                 if kind == "sparse":
                     assert got[kind]["indices"] == alone["items"][0][kind]["indices"]
