@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
-
 import importlib.util
 import json
 import sys
+
+import pytest
 
 from tests.conftest import REPO
 
