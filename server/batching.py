@@ -149,7 +149,19 @@ class Batcher:
         """`submit` and wait for every row; a cancelled wait drops the rows not yet run. Even a lone request
         goes through the loop: requests that arrive in one burst are handled in one turn of the event loop,
         and the loop, running after that turn, batches them together."""
-        futures = self.submit(input_ids, slot, outputs)
+        return await self._wait(self.submit(input_ids, slot, outputs))
+
+    async def run_each(self, input_ids: Sequence[Sequence[int]], slots: Sequence[int | None],
+                       outputs: frozenset[str] = DENSE_ONLY) -> list[list[RowResult]]:
+        """The same rows once per slot, queued in one step (so they share forwards as any mixed rows do);
+        the results per slot, in the order of `slots`. Refused whole when the queue cannot take every copy."""
+        self.check_room(len(input_ids) * len(slots), sum(len(ids) for ids in input_ids) * len(slots))
+        futures = [future for slot in slots for future in self.submit(input_ids, slot, outputs)]
+        rows = await self._wait(futures)
+        return [rows[i:i + len(input_ids)] for i in range(0, len(rows), len(input_ids))]
+
+    @staticmethod
+    async def _wait(futures: list[asyncio.Future]) -> list[RowResult]:
         try:
             return await asyncio.gather(*futures)
         except asyncio.CancelledError:

@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from server import errors
+from server.adapters.entry import Lease
 from server.adapters.registry import AdapterRegistry
 from server.adapters.stats import LOAD_BUCKETS
 from server.answer_budget import AnswerBudget, answer_bytes
@@ -124,22 +125,68 @@ class LocalModel(ModelLoading):
 
     # -- encoding --------------------------------------------------------------------------------
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
+        self._check(texts, options, copies=1)
+        if options.lora_id is None:
+            return (await self._encode(texts, options, [None], [Provenance(base_digest=self.base_digest)]))[0]
+        lease = self.adapters.acquire(options.lora_id)
+        try:
+            return (await self._encode(texts, options, [lease.slot], [self._provenance(lease)]))[0]
+        finally:
+            self.adapters.release(lease)
+
+    async def encode_each(self, texts: Sequence[str], options: EncodeOptions) -> list[EncodeResult]:
+        """Each item once per adapter of `options.lora_ids` (None: base), every copy queued at once so they
+        share forwards; one result per adapter, in that order. Every adapter must be resident: the loads of
+        those that are not start together, and the request is answered LORA_LOADING until all are."""
+        names = options.lora_ids
+        self._check(texts, options, copies=len(names))
+        leases, loading = self._leases([name for name in names if name is not None])
+        try:
+            if loading:
+                raise errors.AdapterLoading(f"adapter(s) {', '.join(map(repr, loading))} loading; retry shortly")
+            slots = [None if name is None else leases[name].slot for name in names]
+            made = [Provenance(base_digest=self.base_digest) if name is None else self._provenance(leases[name])
+                    for name in names]
+            return await self._encode(texts, options, slots, made)
+        finally:
+            for lease in leases.values():
+                self.adapters.release(lease)
+
+    def _leases(self, names: list[str]) -> tuple[dict[str, Lease], list[str]]:
+        """A lease on each resident adapter and the names still loading (their loads started); any other
+        refusal releases what was taken and is raised."""
+        leases: dict[str, Lease] = {}
+        loading: list[str] = []
+        try:
+            for name in names:
+                try:
+                    leases[name] = self.adapters.acquire(name)
+                except errors.AdapterLoading:
+                    loading.append(name)
+        except BaseException:
+            for lease in leases.values():
+                self.adapters.release(lease)
+            raise
+        return leases, loading
+
+    def _provenance(self, lease: Lease) -> Provenance:
+        return Provenance(lease.name, lease.digest or None, self.base_digest)
+
+    def _check(self, texts: Sequence[str], options: EncodeOptions, *, copies: int) -> None:
+        """The request's checks before any work: ready, outputs, dims, and rows (items x adapters) in bounds."""
         if self.state is not ModelState.READY:
             self.status().require_ready()
         check_outputs(options.output_types, tuple(self.backend.info.output_dims()), self.name)
         if "dense" in options.output_types:  # Matryoshka dims apply to dense vectors only
             check_dims(options.dims, self.dims, self.config.min_dims)
-        if len(texts) > self.settings.max_items_per_request:
-            raise errors.InvalidInput(f"{len(texts)} items is over the limit of "
+        if copies > self.config.adapters.max_loras_per_batch:
+            raise errors.InvalidInput(f"options.lora_ids names {copies} adapters; this model runs at most "
+                                      f"{self.config.adapters.max_loras_per_batch} in one batch "
+                                      "(max_loras_per_batch)", field="lora_ids")
+        if len(texts) * copies > self.settings.max_items_per_request:
+            each = f" x {copies} adapters" if copies > 1 else ""
+            raise errors.InvalidInput(f"{len(texts)} items{each} is over the limit of "
                                       f"{self.settings.max_items_per_request} items per request", field="items")
-        if options.lora_id is None:
-            return await self._encode(texts, options, None, Provenance(base_digest=self.base_digest))
-        lease = self.adapters.acquire(options.lora_id)
-        try:
-            return await self._encode(texts, options, lease.slot,
-                                      Provenance(lease.name, lease.digest or None, self.base_digest))
-        finally:
-            self.adapters.release(lease)
 
     def _prepare(self, texts: Sequence[str], options: EncodeOptions) -> tuple[list[str], int]:
         """Rendered and clipped to what `max_seq_len` tokens can come from, with an upper bound of their
@@ -151,30 +198,35 @@ class LocalModel(ModelLoading):
         cap = self.tokenizer.max_tokens(limit)
         return clipped, sum(min(len(t.encode("utf-8")) + 2, cap) for t in clipped)
 
-    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slot: int | None,
-                      provenance: Provenance) -> EncodeResult:
+    async def _encode(self, texts: Sequence[str], options: EncodeOptions, slots: list[int | None],
+                      made: list[Provenance]) -> list[EncodeResult]:
+        """Prepare and tokenise once, run the rows at each slot (one copy per slot), finish each copy."""
         t0 = time.perf_counter()
         # Short inputs are prepared faster than a thread hop costs; long ones must not block the event loop.
         inline = sum(map(len, texts)) <= INLINE_TOKENIZE_CHARS
         prepare = functools.partial(self._prepare, texts, options)
         clipped, most_tokens = prepare() if inline else await asyncio.to_thread(prepare)
-        self.batcher.check_room(len(clipped), most_tokens)
+        self.batcher.check_room(len(clipped) * len(slots), most_tokens * len(slots))
         tokenize = functools.partial(self.tokenizer.tokenize_clipped, clipped, overflow=options.overflow_policy,
                                      limit=self.backend.info.max_input_tokens)
         tokenized = tokenize() if inline else await asyncio.to_thread(tokenize)
         sizes = self.output_dims()
-        size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, sizes)
+        size = answer_bytes([len(ids) for ids in tokenized.input_ids], options.output_types, sizes) * len(slots)
         t1 = time.perf_counter()
+        outputs = frozenset(options.output_types)
         with self.answers.held(size):
-            rows = await self.batcher.run(tokenized.input_ids, slot, frozenset(options.output_types))
+            if len(slots) == 1:
+                copies = [await self.batcher.run(tokenized.input_ids, slots[0], outputs)]
+            else:
+                copies = await self.batcher.run_each(tokenized.input_ids, slots, outputs)
             t2 = time.perf_counter()
-            answers = finish_rows([row.outputs for row in rows], options, dims=options.dims or self.config.dims,
-                                  normalize=self.config.normalize)
+            answers = [finish_rows([row.outputs for row in rows], options, dims=options.dims or self.config.dims,
+                                   normalize=self.config.normalize) for rows in copies]
         t3 = time.perf_counter()
-        inference_s = sum({row.batch_id: row.finished - row.started for row in rows}.values())
-        return EncodeResult(vectors=answers.dense, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
-                            tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
-                            inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3,
-                            truncated=tuple(i for i, cut in enumerate(tokenized.truncated) if cut),
-                            sparse=answers.sparse, multivector=answers.multivector, output_dims=sizes,
-                            provenance=provenance)
+        inference_s = sum({row.batch_id: row.finished - row.started for rows in copies for row in rows}.values())
+        truncated = tuple(i for i, cut in enumerate(tokenized.truncated) if cut)
+        return [EncodeResult(vectors=answer.dense, dims=options.dims or self.dims, input_tokens=tokenized.token_count,
+                             tokenization_ms=(t1 - t0) * 1e3, queue_ms=max(0.0, t2 - t1 - inference_s) * 1e3,
+                             inference_ms=inference_s * 1e3, postprocessing_ms=(t3 - t2) * 1e3, truncated=truncated,
+                             sparse=answer.sparse, multivector=answer.multivector, output_dims=sizes,
+                             provenance=provenance) for answer, provenance in zip(answers, made)]

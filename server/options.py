@@ -21,6 +21,7 @@ class RequestedOptions:
     """What a request asked for, typed, each value where the request said it; unresolved."""
 
     lora_id: str | None = None  # options.lora_id (or its alias options.lora)
+    lora_ids: tuple[str | None, ...] | None = None  # options.lora_ids: one output per adapter (None: base)
     profile: str | None = None
     is_query: bool | None = None  # params.is_query, else options.is_query (the edge refuses the two differing)
     instruction: str | None = None  # options.instruction
@@ -35,6 +36,13 @@ class RequestedOptions:
     def __post_init__(self) -> None:
         if self.lora_id == "":
             raise errors.InvalidInput("options.lora_id must not be empty", field="lora_id")
+        if self.lora_ids is not None:
+            if not self.lora_ids or "" in self.lora_ids or len(set(self.lora_ids)) != len(self.lora_ids):
+                raise errors.InvalidInput("options.lora_ids must name one or more distinct adapters (null for base)",
+                                          field="lora_ids")
+            if self.lora_id is not None:
+                raise errors.InvalidInput("options.lora_id and options.lora_ids both name adapters; give one",
+                                          field="lora_ids")
         if self.overflow_policy is not None and self.overflow_policy not in OVERFLOW_POLICIES:
             raise errors.InvalidInput(f"options.overflow_policy must be one of {', '.join(OVERFLOW_POLICIES)}")
         for where, kinds in (("params.output_types", self.output_types),
@@ -91,6 +99,7 @@ class EncodeOptions:
     """Resolved: what the served model runs with."""
 
     lora_id: str | None = None
+    lora_ids: tuple[str | None, ...] = ()  # several: one output per adapter per item (lora_id is then None)
     instruction: str | None = None
     is_query: bool = False
     output_dtype: str = "float32"
@@ -104,6 +113,8 @@ def resolve_options(config: ModelConfig, requested: RequestedOptions,
     """The one place a request's options are decided. Precedence, first wins:
 
     - adapter: options.lora_id, the model id's adapter, the profile's adapter; none is base;
+      options.lora_ids (several, each item once per adapter) replaces them all, and a model id naming
+      an adapter beside it is refused;
     - profile: options.profile, the model id's profile (the two must agree on the adapter);
     - is_query: params.is_query / options.is_query, the profile's, False;
     - instruction: params.instruction, options.instruction, the profile's, the model's default (applied
@@ -120,6 +131,11 @@ def resolve_options(config: ModelConfig, requested: RequestedOptions,
         if profile is None:
             raise errors.unknown_profile(profile_name, config.name, config.profiles)
     lora_id = requested.lora_id or selection.lora_id or (profile.lora_id if profile else None)
+    if requested.lora_ids is not None:
+        if selection.lora_id is not None:
+            raise errors.InvalidInput(f"model id {selection.written!r} names an adapter and options.lora_ids names "
+                                      "others; name the adapters once", field="lora_ids")
+        lora_id = None
     is_query = requested.is_query
     if is_query is None:
         is_query = bool(profile.is_query) if profile is not None and profile.is_query is not None else False
@@ -127,7 +143,7 @@ def resolve_options(config: ModelConfig, requested: RequestedOptions,
                                     profile.instruction if profile else None) if i is not None), None)
     output_types = (requested.option_output_types or (profile.output_types if profile else None)
                     or requested.output_types or ("dense",))
-    return EncodeOptions(lora_id=lora_id, instruction=instruction, is_query=is_query,
+    return EncodeOptions(lora_id=lora_id, lora_ids=requested.lora_ids or (), instruction=instruction, is_query=is_query,
                          output_dtype=requested.params_output_dtype or requested.output_dtype or "float32",
                          dims=requested.dims, overflow_policy=requested.overflow_policy or "truncate",
                          output_types=tuple(dict.fromkeys(output_types)))

@@ -136,3 +136,6 @@ class ServedModel(Protocol):
 
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         """Raises ModelLoading / ModelLoadFailed unless ready (the one readiness check of a request)."""
+
+    async def encode_each(self, texts: Sequence[str], options: EncodeOptions) -> list[EncodeResult]:
+        """Every text under each adapter of `options.lora_ids` (None: base): one result per adapter, in order."""

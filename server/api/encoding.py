@@ -49,18 +49,21 @@ def provenance(result: EncodeResult, options: EncodeOptions) -> dict:
     return {"adapter": options.lora_id, "adapter_digest": made.adapter_digest, "base_digest": made.base_digest}
 
 
-def result_headers(result: EncodeResult, options: EncodeOptions) -> dict[str, str]:
+def result_headers(results: list[EncodeResult], options: EncodeOptions) -> dict[str, str]:
     """Headers every encode answer carries beyond timing: the replica, the items cut to max_seq_len, and the
-    provenance (`X-Adapter`: the adapter's name, or `base`; the digests where known)."""
+    provenance (`X-Adapter`: the adapter's name or `base`, comma-separated for several; the digests where
+    known, in the same order)."""
+    result = results[0]
     headers = {"X-Replica-ID": result.replica} if result.replica else {}
     if result.truncated:
         headers[TRUNCATED_HEADER] = ",".join(map(str, result.truncated))
-    made = result.provenance
-    headers["X-Adapter"] = options.lora_id or "base"
-    if made.adapter_digest:
-        headers["X-Adapter-Digest"] = made.adapter_digest
-    if made.base_digest:
-        headers["X-Base-Digest"] = made.base_digest
+    names = options.lora_ids or (options.lora_id,)
+    headers["X-Adapter"] = ",".join(name or "base" for name in names)
+    digests = [r.provenance.adapter_digest for r in results]
+    if any(digests):
+        headers["X-Adapter-Digest"] = ",".join(d or "-" for d in digests)
+    if result.provenance.base_digest:
+        headers["X-Base-Digest"] = result.provenance.base_digest
     return headers
 
 
@@ -88,21 +91,28 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 
 
 async def run_encode(target: ModelId, texts: tuple[str, ...], requested: RequestedOptions, request: Request,
-                     track: RequestTrack) -> tuple[EncodeOptions, EncodeResult]:
-    """The request resolved once (its model found by the route, its options here) and encoded. Domain errors
-    pass through (the app's handlers answer them); anything else is a 500 that names the request id, with the
-    traceback in the log."""
+                     track: RequestTrack) -> tuple[EncodeOptions, list[EncodeResult]]:
+    """The request resolved once (its model found by the route, its options here) and encoded: one result, or
+    one per adapter of `options.lora_ids`. Domain errors pass through (the app's handlers answer them);
+    anything else is a 500 that names the request id, with the traceback in the log."""
     options = resolve_options(target.model.config, requested, target.selection)
     track.adapter = options.lora_id
+    model = target.model
     try:
-        result = await unless_disconnected(request, target.model.encode(texts, options))
+        work = model.encode_each(texts, options) if options.lora_ids else _one(model.encode(texts, options))
+        results = await unless_disconnected(request, work)
     except (errors.ServingError, ApiError):
         raise
     except Exception:
         log.exception("encode failed (request %s)", request_id(request))
         raise inference_error(request_id(request)) from None
-    track.items, track.tokens = len(texts), result.input_tokens
-    track.queue_s, track.inference_s = result.queue_ms / 1e3, result.inference_ms / 1e3
-    track.truncated = len(result.truncated)
-    track.adapter = result.provenance.adapter or track.adapter  # the registry's name (a tenant's namespaced)
-    return options, result
+    first = results[0]
+    track.items, track.tokens = len(texts) * len(results), first.input_tokens * len(results)
+    track.queue_s, track.inference_s = first.queue_ms / 1e3, first.inference_ms / 1e3
+    track.truncated = len(first.truncated)
+    track.adapter = first.provenance.adapter or track.adapter  # the registry's name (a tenant's namespaced)
+    return options, results
+
+
+async def _one(work: Awaitable[EncodeResult]) -> list[EncodeResult]:
+    return [await work]

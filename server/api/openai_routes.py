@@ -65,7 +65,8 @@ async def embeddings(request: Request) -> Response:
         try:
             target = parse_model_id(ctx, parsed.model)
             track.model = target.name
-            options, result = await run_encode(target, *parsed.requested(), request, track)
+            options, results = await run_encode(target, *parsed.requested(), request, track)
+            result = results[0]
         except errors.ModelNotFound as exc:
             raise model_not_found(exc.message) from None
         except errors.UnknownAdapter as exc:  # `<model>:<suffix>` naming no adapter or profile: no such model
@@ -84,4 +85,4 @@ async def embeddings(request: Request) -> Response:
                "data": [{"object": "embedding", "index": i, "embedding": v, "provenance": made}
                         for i, v in enumerate(values)],
                "usage": {"prompt_tokens": result.input_tokens, "total_tokens": result.input_tokens}}
-    return Response(dump_json(payload), media_type="application/json", headers=result_headers(result, options))
+    return Response(dump_json(payload), media_type="application/json", headers=result_headers(results, options))

@@ -21,7 +21,8 @@ from pydantic import (
 from server.api.errors import invalid_input
 from server.options import RequestedOptions
 
-OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"), "profile": (str, "a string"),
+OPTION_TYPES = {"lora_id": (str, "a string"), "lora": (str, "a string"),
+                "lora_ids": (list, "a list of adapter names (null for base)"), "profile": (str, "a string"),
                 "is_query": (bool, "a boolean"), "instruction": (str, "a string"), "dims": (int, "an integer"),
                 "overflow_policy": (str, "a string"), "output_dtype": (str, "a string"),
                 "output_types": (list, "a list of output types")}
@@ -48,6 +49,7 @@ def _text(value: str) -> str:
 class OptionsIn(_Lenient):
     lora_id: StrictStr | None = None
     lora: StrictStr | None = None  # alias of lora_id
+    lora_ids: list[StrictStr | None] | None = None  # one output per adapter per item
     profile: StrictStr | None = None
     is_query: StrictBool | None = None
     instruction: StrictStr | None = None
@@ -78,6 +80,7 @@ class OptionsIn(_Lenient):
         params = params or ParamsIn()
         return RequestedOptions(
             lora_id=self.lora_id if self.lora_id is not None else self.lora, profile=self.profile,
+            lora_ids=tuple(self.lora_ids) if self.lora_ids is not None else None,
             is_query=params.is_query if params.is_query is not None else self.is_query,
             instruction=self.instruction, params_instruction=params.instruction, dims=self.dims,
             overflow_policy=self.overflow_policy,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from fastapi import APIRouter, Request, Response
@@ -13,6 +14,8 @@ from server.api.model_info import model_entries, openai_entries, selected_info
 from server.api.openapi import ENCODE_OPENAPI
 from server.api.schemas import EncodeRequestIn, validate
 from server.api.wire import MSGPACK, dump_json, pack, wants_json
+from server.options import EncodeOptions
+from server.served_model import EncodeResult
 
 router = APIRouter()
 
@@ -33,6 +36,24 @@ async def get_model(model: str, request: Request) -> dict:
     return selected_info(listed_model_id(ctx, model), ctx.paths)
 
 
+def answer_items(asked: list, options: EncodeOptions, results: list[EncodeResult]) -> list[dict]:
+    """Each item's outputs and provenance; with `options.lora_ids`, the first adapter's outputs at the top
+    (what SIE's SDKs read) and every adapter's, in the order named, under `adapters`."""
+    each = [dataclasses.replace(options, lora_id=name) for name in options.lora_ids] or [options]
+    entries = []  # per adapter, per item
+    for chosen, result in zip(each, results):
+        made = provenance(result, chosen)
+        entries.append([{**entry, "provenance": made} for entry in output_entries(result, chosen)])
+    items = []
+    for index, item in enumerate(asked):
+        answer = {"id": str(item.id)} if item.id is not None else {}  # ids are strings on SIE's wire
+        answer.update(entries[0][index])
+        if options.lora_ids:
+            answer["adapters"] = [{"adapter": name, **copy[index]} for name, copy in zip(options.lora_ids, entries)]
+        items.append(answer)
+    return items
+
+
 @router.post("/v1/encode/{model:path}", openapi_extra=ENCODE_OPENAPI)
 async def encode(model: str, request: Request) -> Response:
     started = time.perf_counter()
@@ -42,17 +63,16 @@ async def encode(model: str, request: Request) -> Response:
         track.model = target.name
         body = await request_body(request)
         parsed = validate(EncodeRequestIn, body, what="request body must be an object with 'items'")
-        options, result = await run_encode(target, *parsed.requested(), request, track)
-    made = provenance(result, options)
-    items = [{"id": str(item.id), **entry, "provenance": made} if item.id is not None  # ids are strings on SIE's wire
-             else {**entry, "provenance": made} for item, entry in zip(parsed.items, output_entries(result, options))]
+        options, results = await run_encode(target, *parsed.requested(), request, track)
+    result = results[0]
+    items = answer_items(parsed.items, options, results)
     total_ms = (time.perf_counter() - started) * 1e3
     payload = {"model": model, "items": items, "usage": {"input_tokens": result.input_tokens},
                "timing": {"total_ms": total_ms, "queue_ms": result.queue_ms,
                           "tokenization_ms": result.tokenization_ms, "inference_ms": result.inference_ms,
                           "postprocessing_ms": result.postprocessing_ms}}
     headers = {"X-Queue-Time": f"{result.queue_ms:.2f}", "X-Inference-Time": f"{result.inference_ms:.2f}",
-               "X-Total-Time": f"{total_ms:.2f}", **result_headers(result, options)}
+               "X-Total-Time": f"{total_ms:.2f}", **result_headers(results, options)}
     if wants_json(request.headers.get("accept")):
         return Response(dump_json(payload), media_type="application/json", headers=headers)
     return Response(pack(payload), media_type=MSGPACK, headers=headers)

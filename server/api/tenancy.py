@@ -125,6 +125,24 @@ class ScopedModel:
             raise reworded(exc, internal, name) from None
 
 
+    async def encode_each(self, texts: Sequence[str], options: EncodeOptions):
+        names = options.lora_ids
+        internal = [None if name is None else self.adapters.internal(name) for name in names]
+        refused = next((name for name, inner in zip(names, internal) if name is not None and inner is None), None)
+        if refused is not None:
+            raise self.adapters.unknown(refused)
+        try:
+            return await self.inner.encode_each(texts, dataclasses.replace(options, lora_ids=tuple(internal)))
+        except errors.UnknownAdapter as exc:  # gone between the lookup and the lease (an unload): name which
+            named = [name for name, inner in zip(names, internal) if inner is not None and repr(inner) in exc.message]
+            raise self.adapters.unknown(named[0] if named else next(n for n in names if n is not None)) from None
+        except errors.ServingError as exc:
+            for name, inner in zip(names, internal):
+                if name is not None:
+                    exc = reworded(exc, inner, name)
+            raise exc from None
+
+
 def scoped_models(models, scope: Scope) -> dict[str, ServedModel]:
     """The models `scope` may use, each as it sees it."""
     return {name: ScopedModel(model, scope) for name, model in models.items() if scope.sees_model(name)}

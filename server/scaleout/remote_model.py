@@ -6,6 +6,7 @@ no admin part: residency is per replica."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 
@@ -84,6 +85,12 @@ class RemoteModel:
         if self._connecting is not None:
             self._connecting.cancel()
             await asyncio.gather(self._connecting, return_exceptions=True)
+
+    async def encode_each(self, texts: Sequence[str], options: EncodeOptions) -> list[EncodeResult]:
+        """One call per adapter, side by side: each goes to a replica holding that adapter (affinity), so the
+        copies do not share a forward as on one server, but the vectors are the same."""
+        return list(await asyncio.gather(*(self.encode(texts, dataclasses.replace(options, lora_id=name, lora_ids=()))
+                                           for name in options.lora_ids)))
 
     async def encode(self, texts: Sequence[str], options: EncodeOptions) -> EncodeResult:
         self.status().require_ready()

@@ -93,6 +93,12 @@ def test_a_key_uses_only_the_adapters_its_scope_admits_and_the_rest_look_absent(
     via_profile = httpx.post(f"{url}{ENCODE}:medical", json={"items": [{"text": TEXT}]}, headers=auth("acme"))
     assert via_profile.status_code == 400 and "medical" not in via_profile.json()["detail"]["message"].split(";")[1]
     assert encode(url, "acme").status_code == 200  # base is every key's
+    several = {"items": [{"text": TEXT}], "params": {"options": {"lora_ids": ["legal", None, "medical"]}}}
+    hidden = httpx.post(f"{url}{ENCODE}", json=several, headers=auth("acme"))
+    assert hidden.status_code == 400 and hidden.json()["detail"]["message"] == refused.json()["detail"]["message"]
+    several["params"]["options"]["lora_ids"] = ["legal", None]
+    both = httpx.post(f"{url}{ENCODE}", json=several, headers=auth("acme"))
+    assert both.status_code == 200 and [c["adapter"] for c in both.json()["items"][0]["adapters"]] == ["legal", None]
     assert encode(url, "acme", "acme:retail").status_code == 400  # no client reaches a namespace by its name
     assert httpx.post(f"{url}{ENCODE}", json={"items": [{"text": TEXT}]}).status_code == 401
 
