@@ -282,6 +282,9 @@ class ServerSettings:
                                               "(every model)")
     lora_allow: tuple[str, ...] = setting((), "comma-separated hub id globs that may be loaded on first use (every "
                                               "model)")
+    adapter_host_bytes: int = setting(2 * 1024 ** 3, "host memory (bytes, per model) that keeps evicted adapters' "
+                                                     "weights, so loading one again is a copy (0: off; README: "
+                                                     "the host tier)")
     lora_failure_ttl_s: float = setting(300.0, "seconds a failed adapter load is remembered")
     allow_noop_adapters: bool = setting(False, "serve adapters that change no vector (a zero LoRA B, say)")
     compile_cache_artifacts: str = setting("", "a file launch.py warm wrote (same torch, Triton and GPU): its "
@@ -305,6 +308,7 @@ class ServerSettings:
         _require(where, self.max_items_per_request <= self.max_queue_items,
                  "max_items_per_request must not exceed max_queue_items")
         _require(where, self.lora_failure_ttl_s >= 0, "lora_failure_ttl_s must be >= 0")
+        _require(where, self.adapter_host_bytes >= 0, "adapter_host_bytes must be >= 0")
         _require(where, self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
                  f"device must be auto, cpu or cuda[:N], got {self.device!r}")
 

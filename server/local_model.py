@@ -48,7 +48,8 @@ class LocalModel(ModelLoading):
         self.adapters = AdapterRegistry(config.name, backend, capacity=settings.max_loras_per_model,
                                         max_rank=config.adapters.max_lora_rank,
                                         failure_ttl_s=settings.lora_failure_ttl_s,
-                                        allow_noop=settings.allow_noop_adapters)
+                                        allow_noop=settings.allow_noop_adapters,
+                                        host_bytes=settings.adapter_host_bytes)
         self.admin = self.adapters
         self._loading: asyncio.Future | None = None
         self._loader = DaemonExecutor(f"load-{config.name}")  # a stop during loading abandons, never waits
@@ -120,6 +121,9 @@ class LocalModel(ModelLoading):
                           load_seconds=tuple(zip(LOAD_BUCKETS, registry.load_stats.buckets)),
                           load_seconds_sum=registry.load_stats.total_s, load_count=registry.load_stats.count,
                           failures_by_cause=tuple(registry.load_stats.failures.items()),
+                          loads_by_tier=tuple((tier, n, seconds) for tier, (n, seconds)
+                                              in registry.load_stats.by_tier.items()),
+                          adapter_tiers=tuple(sorted(registry.tiers().items())), host_bytes=registry.host.bytes,
                           startup_seconds=tuple(self.startup_seconds().items()), ready_seconds=self.ready_s,
                           engine=self.backend.engine_stats())
 

@@ -38,6 +38,9 @@ class ModelStats:
     load_seconds_sum: float = 0.0
     load_count: int = 0
     failures_by_cause: tuple[tuple[str, int], ...] = ()
+    loads_by_tier: tuple[tuple[str, int, float], ...] = ()  # (tier read from, loads, seconds)
+    adapter_tiers: tuple[tuple[str, str], ...] = ()  # (adapter, device | host | disk)
+    host_bytes: int = 0  # held in the host tier
     startup_seconds: tuple[tuple[str, float], ...] = ()  # (phase, seconds) in order: tokenizer, weights, ...
     ready_seconds: float | None = None  # from the start of loading to ready
     engine: EngineStats = field(default_factory=EngineStats)  # compiles and CUDA graphs

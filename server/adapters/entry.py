@@ -56,6 +56,7 @@ class AdapterEntry:
     last_used: float = field(default_factory=time.time)
     leases: int = 0
     settled: asyncio.Event = field(default_factory=asyncio.Event)  # load finished (ready or failed)
+    host_copy: tuple[LoraAdapter, tuple | None] | None = None  # (weights, folder stamp) for the host tier
 
     @property
     def ready(self) -> bool:
@@ -66,5 +67,6 @@ class AdapterEntry:
         return {"name": self.name, "state": self.state.value, "source": self.source, "pinned": self.pinned,
                 "rank": info.rank if info else None, "target_modules": list(info.target_modules) if info else [],
                 "bytes": info.nbytes if info else None, "digest": info.digest if info else None,
+                "tier": "device" if self.ready else None,
                 "last_used": self.last_used, "in_flight": self.leases,
                 "cause": self.cause}

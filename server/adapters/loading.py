@@ -10,6 +10,7 @@ import time
 
 from server import errors
 from server.adapters.entry import AdapterEntry, AdapterInfo, AdapterState
+from server.adapters.host_tier import folder_stamp
 from server.adapters.policy import SourceRefused
 
 log = logging.getLogger("server.adapters.registry")
@@ -56,7 +57,7 @@ class AdapterLoading:
             self.counters["loads"] += 1
             try:
                 await self._make_room(keep=old)
-                await self._install(fresh)
+                await self._install(fresh, from_host=False)
             except errors.AdapterCapacityFull as exc:
                 self._count_failure(exc)
                 raise
@@ -72,7 +73,7 @@ class AdapterLoading:
         log.info("%s: adapter %r reloaded from %s (slot %d; slot %d frees when its rows finish)", self.model, name,
                  fresh.source, fresh.slot, old.slot)
         await self._until_idle(old)
-        await self._remove(old)
+        await self._remove(old, keep=False)  # replaced: its weights are not the adapter's any more
         self._retiring.remove(old)
         return fresh.describe()
 
@@ -148,24 +149,37 @@ class AdapterLoading:
         """Read and validate without installing (`launch.py check` of adapters loaded on demand)."""
         return AdapterInfo.of(await self.loader.read(name, source))
 
-    async def _install(self, entry: AdapterEntry) -> None:
-        """Read and validate the adapter once, then install it at a free slot (timed for /metrics)."""
-        log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
+    async def _install(self, entry: AdapterEntry, *, from_host: bool = True) -> None:
+        """Install the adapter at a free slot: from the host tier when it holds an unchanged copy (a copy: it
+        was read, validated and checked before), else read and validated from its source once (timed by tier
+        for /metrics)."""
         started = time.perf_counter()
-        adapter = await self.loader.read(entry.name, entry.source)
+        held = self.host.take(entry.name, entry.source) if from_host else None
+        if held is None:
+            self.host.drop(entry.name)
+            log.info("%s: loading adapter %r from %s", self.model, entry.name, entry.source)
+            adapter = await self.loader.read(entry.name, entry.source)
+            stamp = await asyncio.to_thread(folder_stamp, adapter.source)
+        else:
+            adapter, stamp = held.adapter, held.stamp
+            log.info("%s: loading adapter %r from host memory", self.model, entry.name)
         slot = min(set(range(self.capacity)) - self._occupied())
         entry.slot = slot  # reserved while the backend installs, so no other load takes it
         try:
-            await self.loader.install(adapter, slot, pinned=entry.pinned)
+            await self.loader.install(adapter, slot, pinned=entry.pinned, check=held is None)
         except BaseException:
             entry.slot = None
             raise
-        entry.info, entry.state = AdapterInfo.of(adapter), AdapterState.READY
-        self.load_stats.loaded(time.perf_counter() - started)
+        entry.info, entry.state, entry.host_copy = AdapterInfo.of(adapter), AdapterState.READY, (adapter, stamp)
+        self.load_stats.loaded(time.perf_counter() - started, tier="disk" if held is None else "host")
 
-    async def _remove(self, entry: AdapterEntry) -> None:
+    async def _remove(self, entry: AdapterEntry, *, keep: bool = True) -> None:
+        """Free the entry's slot; with `keep`, its weights stay in the host tier (within its budget)."""
         await self.backend.remove(entry.slot)
         entry.slot = None
+        if keep and entry.host_copy is not None:
+            self.host.keep(entry.name, entry.source, *entry.host_copy)
+        entry.host_copy = None
 
     def _occupied(self) -> set[int]:
         return {e.slot for e in (*self.entries.values(), *self._retiring) if e.slot is not None}

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 
 from server import errors
 from server.adapters.entry import AdapterEntry, AdapterState, Lease
+from server.adapters.host_tier import HostTier
 from server.adapters.loader import AdapterLoader
 from server.adapters.loading import AdapterLoading
 from server.adapters.policy import AdapterSources, SourceRefused
@@ -27,7 +28,7 @@ NO_ROOM_RETRY_S = 1.0  # how long a "no slot" answer is reused before a request 
 
 class AdapterRegistry(AdapterLoading):
     def __init__(self, model: str, backend: Backend, *, capacity: int, max_rank: int, failure_ttl_s: float,
-                 allow_noop: bool = False):
+                 allow_noop: bool = False, host_bytes: int = 0):
         self.loader = AdapterLoader(model, backend, max_rank=max_rank, allow_noop=allow_noop)
         self.model = model
         self.backend = backend
@@ -39,6 +40,7 @@ class AdapterRegistry(AdapterLoading):
         self._retiring: list[AdapterEntry] = []  # replaced by a reload, their slot freed once their rows finish
         self.counters = {"loads": 0, "load_failures": 0, "evictions": 0}
         self.load_stats = LoadStats()
+        self.host = HostTier(host_bytes)  # evicted adapters' weights, so loading one again is a copy
         self._load_lock = asyncio.Lock()
         self._released = asyncio.Event()
         self._tasks: set[asyncio.Task] = set()
@@ -92,11 +94,21 @@ class AdapterRegistry(AdapterLoading):
         described = {name: entry.describe() for name, entry in self.entries.items()}
         for name, source in self.configured.items():
             described.setdefault(name, {"name": name, "state": "unloaded", "source": source, "pinned": False,
-                                        "rank": None, "target_modules": [], "bytes": None, "digest": None,
+                                        "rank": None, "target_modules": [], "bytes": None, "digest": None, "tier": None,
                                         "last_used": None,
                                         "in_flight": 0, "cause": "unloaded by an operator; a request for it, or "
                                                                  "POST .../loras {\"name\": ...}, restores it"})
+        for name, entry in described.items():
+            if entry["tier"] is None:
+                entry["tier"] = "host" if name in self.host else "disk"
         return [described[name] for name in sorted(described)]
+
+    def tiers(self) -> dict[str, str]:
+        """Where each adapter the registry knows of sits: device (a slot), host (the host tier) or disk."""
+        placed = {name: "disk" for name in self.configured}
+        placed.update((name, "host") for name in self.host.held)
+        placed.update((name, "device") for name in self.names())
+        return placed
 
     def slot_of(self, name: str) -> int | None:
         entry = self.entries.get(name)

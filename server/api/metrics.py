@@ -78,7 +78,30 @@ class ModelCollector:
                 load_time.add_metric([name], buckets + [("+Inf", s.load_count)], s.load_seconds_sum)
         yield from (depth, resident, loads, failures, evictions, by_cause, load_time, startup, compiles, graphs)
         if stats:
+            yield from tier_families(stats)
             yield from gateway_families(stats)
+
+
+def tier_families(stats: Mapping[str, ModelStats]):
+    """Where each adapter sits (device, host, disk), loads and their seconds by the tier they read from, and
+    the host tier's bytes."""
+    where = GaugeMetricFamily("sie_adapter_tier", "1 for the tier each known adapter sits in (device: a backend "
+                              "slot, host: the host-memory tier, disk: only its source)", labels=["model", "adapter",
+                                                                                                   "tier"])
+    loads = CounterMetricFamily("sie_adapter_loads_by_tier", "Adapter loads by the tier they read from",
+                                labels=["model", "tier"])
+    seconds = CounterMetricFamily("sie_adapter_load_seconds_by_tier", "Seconds adapter loads took, by the tier they "
+                                  "read from", labels=["model", "tier"])
+    held = GaugeMetricFamily("sie_adapter_host_bytes", "Bytes of adapter weights held in the host tier",
+                             labels=["model"])
+    for name, s in stats.items():
+        for adapter, tier in s.adapter_tiers:
+            where.add_metric([name, adapter, tier], 1)
+        for tier, count, total in s.loads_by_tier:
+            loads.add_metric([name, tier], count)
+            seconds.add_metric([name, tier], total)
+        held.add_metric([name], s.host_bytes)
+    yield from (where, loads, seconds, held)
 
 
 def gateway_families(stats: Mapping[str, ModelStats]):

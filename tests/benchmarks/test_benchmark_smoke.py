@@ -125,3 +125,8 @@ def test_multi_output_smoke(tmp_path):
                                         "--heads", "4", "--vocab", "200", "--rounds", "1", "--json", str(out)])
     assert report["m3"]["outputs"] == ["dense", "multivector", "sparse"] and report["splade"]["outputs"] == ["sparse"]
     assert json.loads(out.read_text())["splade"]["all_outputs_ms"] > 0
+
+
+def test_host_tier_smoke():
+    result = load("host_tier").main(["--rounds", "2", "--layers", "1"])
+    assert set(result["served_demo_s"]) == {"disk", "host"} and result["shaped_adapter_s"]["bytes"] > 0

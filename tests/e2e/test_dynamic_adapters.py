@@ -200,7 +200,8 @@ def test_hot_load_does_not_stall_other_traffic(dynamic_server):
     worker.start()
     time.sleep(0.2)
     httpx.delete(dynamic_server.url + f"{LORAS}/travel", timeout=30)  # make sure a real load happens
-    assert until_settled(dynamic_server.url, "travel").status_code == 200
+    settled = until_settled(dynamic_server.url, "travel")
+    assert settled.status_code == 200, settled.text
     stop.set()
     worker.join(60)
     assert statuses and set(statuses) == {200}
