@@ -180,8 +180,9 @@ def build_app(model_config, *, backend=None, **server_settings):
 
 
 @contextlib.contextmanager
-def launched_demo(*args: str, log=None, env=None, timeout: float = 120.0):
-    """`launch.py --config <demo> <args>` in its own process on a free port; yields its URL, then SIGTERM."""
+def launched_demo(*args: str, log=None, env=None, timeout: float = 120.0, started: list | None = None):
+    """`launch.py --config <demo> <args>` in its own process on a free port; yields its URL, then SIGTERM.
+    `started`: the process is appended to it (to signal it)."""
     import signal
     import subprocess
     import sys
@@ -191,6 +192,8 @@ def launched_demo(*args: str, log=None, env=None, timeout: float = 120.0):
     with tempfile.TemporaryFile() as own_log:  # read back if the server never gets ready
         process = subprocess.Popen([sys.executable, "launch.py", "--config", str(DEMO_YAML), "--port", str(port),
                                     *args], cwd=REPO, stdout=log or own_log, stderr=subprocess.STDOUT, env=env)
+        if started is not None:
+            started.append(process)
         try:
             try:
                 wait_ready(url, timeout=timeout, process=process)

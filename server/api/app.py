@@ -64,18 +64,21 @@ async def answer_http_error(request: Request, exc: StarletteHTTPException) -> JS
 
 @contextlib.contextmanager
 def reload_keys_on_hangup(keys: KeyRing):
-    """SIGHUP reads the key file again (main thread only: an app served from another thread, as in tests,
-    still reloads when the file changes)."""
+    """With a key file, SIGHUP reads it again (main thread only: an app served from another thread, as in
+    tests, still reloads when the file changes). Without one, SIGHUP keeps its default."""
     loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, keys.reload)
-    except (RuntimeError, ValueError, NotImplementedError, AttributeError):
-        yield
-        return
+    installed = False
+    if keys.path:
+        try:
+            loop.add_signal_handler(signal.SIGHUP, keys.reload)
+            installed = True
+        except (RuntimeError, ValueError, NotImplementedError, AttributeError):
+            pass
     try:
         yield
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
+        if installed:
+            loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _lifespan(ctx: AppContext, load_in_background: bool):

@@ -221,6 +221,35 @@ def test_the_key_file_is_read_again_when_it_changes_and_a_broken_one_keeps_the_k
     assert not any(key in caplog.text for key in (*KEYS.values(), "newcomer-key-01"))
 
 
+def test_sighup_reads_the_key_file_again(tmp_path):
+    """A served process (launch.py) takes SIGHUP: the file below changes with its size and modification time
+    kept, so only the signal can make the server read it."""
+    import os
+    import signal
+
+    from tests.conftest import launched_demo
+
+    key_file = tmp_path / "keys.yaml"
+    key_file.write_text("keys: [{key: first-key-0001, tenant: one}]\n")
+    stamp = key_file.stat()
+    processes: list = []
+    with launched_demo("--api-key-file", str(key_file), started=processes) as url:
+        def status(key: str) -> int:
+            return httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code
+
+        assert status("first-key-0001") == 200 and status("other-key-0001") == 401
+        key_file.write_text("keys: [{key: other-key-0001, tenant: one}]\n")
+        os.utime(key_file, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        time.sleep(1.2)
+        assert status("other-key-0001") == 401  # unchanged to the eye of the change check
+        processes[0].send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while status("other-key-0001") != 200:
+            assert time.monotonic() < deadline, "SIGHUP did not reload the key file"
+            time.sleep(0.1)
+        assert status("first-key-0001") == 401
+
+
 def test_provenance_names_the_adapter_and_digests_on_every_api(tenant_server):
     url = tenant_server.url
     info = httpx.get(f"{url}/v1/models/{DEMO_MODEL}", headers=auth("operator")).json()
