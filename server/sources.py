@@ -1,4 +1,5 @@
-"""Turn a model or adapter source (builtin:, package:, local folder, hub id) into a local folder."""
+"""Turn a model or adapter source (builtin:, package:, local folder, hub id `org/name` or pinned
+`hf://org/name@revision`) into a local folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from server.demo_assets import BUILTIN_PREFIX, ensure_builtin
 from server.packaged import PACKAGE_PREFIX, resolve_packaged
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
+HF_PREFIX = "hf://"
 ADAPTER_FILES = ["adapter_config.json", "*.safetensors"]  # safetensors only: pickles are never fetched
 
 
@@ -22,6 +24,14 @@ def _looks_local(source: str) -> bool:
 def is_remote(source: str) -> bool:
     """A hub id (fetched on first use), as opposed to a builtin, packaged or local source."""
     return not (source.startswith((BUILTIN_PREFIX, PACKAGE_PREFIX)) or _looks_local(source))
+
+
+def hub_revision(source: str) -> tuple[str, str | None]:
+    """(repo id, revision or None) of `org/name` or `hf://org/name@revision`."""
+    if source.startswith(HF_PREFIX):
+        repo, _, revision = source[len(HF_PREFIX):].partition("@")
+        return repo, revision or None
+    return source, None
 
 
 def resolve_source(source: str, *, kind: str = "model") -> Path:
@@ -43,12 +53,13 @@ def resolve_source(source: str, *, kind: str = "model") -> Path:
     from huggingface_hub import snapshot_download
 
     patterns = ADAPTER_FILES if kind == "adapter" else MODEL_FILES
+    repo, revision = hub_revision(source)
     try:
-        return Path(snapshot_download(source, allow_patterns=patterns, local_files_only=True))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns, local_files_only=True))
     except Exception:
         pass
     try:
-        return Path(snapshot_download(source, allow_patterns=patterns))
+        return Path(snapshot_download(repo, revision=revision, allow_patterns=patterns))
     except Exception as exc:
         raise SourceError(f"cannot fetch {kind} {source!r} from the Hugging Face hub "
                           f"({type(exc).__name__}); download it beforehand or give a local folder") from None

@@ -16,7 +16,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 _FOLDER = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")  # a tenant's folder under a root
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}$")
+# `org/name`, or `hf://org/name@revision` (a branch, tag or commit: pinned)
+_HUB_ID = re.compile(r"^(?:hf://)?(?P<repo>[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95})"
+                     r"(?:@(?P<revision>[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}))?$")
 
 
 class SourceRefused(ValueError):
@@ -45,13 +47,17 @@ class DynamicSources:
         return " or ".join(parts) if parts else "none (only preloaded adapters are served)"
 
     def _hub(self, hub_id: str) -> str:
-        if ".." in hub_id or not _HUB_ID.match(hub_id):
-            raise SourceRefused(f"{hub_id!r} is not a valid hub id (org/name)")
+        """An allowed hub id as a source: `org/name`, or `hf://org/name@revision` when pinned (the allow-list
+        matches `org/name`)."""
+        matched = _HUB_ID.match(hub_id)
+        if ".." in hub_id or not matched:
+            raise SourceRefused(f"{hub_id!r} is not a valid hub id (org/name or hf://org/name@revision)")
+        repo, revision = matched["repo"], matched["revision"]
         if not self.allow:
             raise SourceRefused("hub adapters are not enabled (no lora_allow configured)")
-        if not any(fnmatch.fnmatchcase(hub_id, pattern) for pattern in self.allow):
-            raise SourceRefused(f"hub id {hub_id!r} is not on the allow-list ({', '.join(self.allow)})")
-        return hub_id
+        if not any(fnmatch.fnmatchcase(repo, pattern) for pattern in self.allow):
+            raise SourceRefused(f"hub id {repo!r} is not on the allow-list ({', '.join(self.allow)})")
+        return f"hf://{repo}@{revision}" if revision else repo
 
     def _local(self, folder: Path) -> str:
         real = folder.resolve()
@@ -68,7 +74,9 @@ class DynamicSources:
         tenant's id `<tenant>:<name>` is the folder `<root>/<tenant>/<name>` (or the hub id `name`)."""
         if "\x00" in lora_id or "\\" in lora_id or len(lora_id) > 200:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
-        tenant, sep, name = lora_id.rpartition(":")
+        tenant, sep, name = lora_id.partition(":")
+        if not sep or name.startswith("//"):  # no tenant (hf://... included)
+            tenant, sep, name = "", "", lora_id
         if sep and not _FOLDER.match(tenant):
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
         if "/" in name:
