@@ -1,11 +1,12 @@
 """Turn a model or adapter source (builtin:, package:, local folder, hub id `org/name` or pinned
-`hf://org/name@revision`) into a local folder."""
+`hf://org/name@revision`, an adapter under `s3://` or `gs://`) into a local folder."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from server.demo_assets import BUILTIN_PREFIX, ensure_builtin
+from server.object_sources import ObjectSourceError, fetch_adapter, is_object_url
 from server.packaged import PACKAGE_PREFIX, resolve_packaged
 
 MODEL_FILES = ["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*"]
@@ -44,6 +45,13 @@ def resolve_source(source: str, *, kind: str = "model") -> Path:
         try:
             return resolve_packaged(source)
         except ValueError as exc:
+            raise SourceError(str(exc)) from None
+    if is_object_url(source):
+        if kind != "adapter":
+            raise SourceError(f"{source!r}: only adapters are read from object storage")
+        try:
+            return fetch_adapter(source)
+        except ObjectSourceError as exc:
             raise SourceError(str(exc)) from None
     if _looks_local(source):
         folder = Path(source).expanduser().resolve()

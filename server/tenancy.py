@@ -47,13 +47,22 @@ class Scope:
         """The name this key knows a registry name by, or None when the key may not see it."""
         if self.operator:
             return internal
-        tenant, sep, name = internal.partition(NAMESPACE_SEP)
-        if sep:
+        tenant, name = split_namespace(internal)
+        if tenant is not None:
             return name if tenant == self.tenant else None
         return internal if self.sees_shared(internal) else None
 
 
 OPERATOR = Scope(tenant="", operator=True, admin=True)
+
+
+def split_namespace(name: str) -> tuple[str | None, str]:
+    """(tenant, name) of a registry name; (None, name) for a shared one. A URL's scheme (`s3://`, `hf://`)
+    is not a namespace."""
+    tenant, sep, rest = name.partition(NAMESPACE_SEP)
+    if not sep or rest.startswith("//"):
+        return None, name
+    return tenant, rest
 
 
 def key_digest(key: str) -> str:

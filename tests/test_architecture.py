@@ -15,7 +15,7 @@ LAYERS = [
     ("foundation", ["server", "server.errors", "server.config", "server.logs", "server.sources", "server.cache",
                     "server.demo_assets", "server.demo_lora", "server.demo_m3", "server.model_layout",
                     "server.packaged", "server.public_paths", "server.threads", "server.help_format",
-                    "server.digests", "server.tenancy"]),
+                    "server.digests", "server.tenancy", "server.object_sources"]),
     ("lora", ["server.lora"]),
     ("backends", ["server.backends"]),
     ("adapters", ["server.adapters"]),
@@ -112,7 +112,7 @@ def test_seams_stay_narrow():
     assert sorted(Backend.__abstractmethods__) == ["close", "embed", "info", "install", "remove", "start"]
     members = {name for name in vars(ServedModel) if not name.startswith("_")}
     members |= set(ServedModel.__annotations__)
-    assert members - {"admin"} == {"adapters", "config", "encode", "start", "status", "stop"}
+    assert members - {"admin"} == {"adapters", "config", "encode", "encode_each", "start", "status", "stop"}
 
 
 def test_adapter_capacity_has_one_owner():

@@ -1,5 +1,6 @@
 """Where an adapter that is not resident may come from: the configured catalog (scale-out replicas load
-`lora_paths` on demand), a folder under a configured root, or a hub id on an allow-list.
+`lora_paths` on demand), a folder under a configured root, or a hub id or object-storage prefix on an
+allow-list.
 
 Default: nowhere (only preloaded adapters). Local ids are single folder names; `..`, absolute paths
 and symlinks that leave the root are refused. Hub ids must match a `lora_allow` glob such as `org/*`.
@@ -14,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+
+from server.object_sources import is_object_url
 
 _FOLDER = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")  # a tenant's folder under a root
 # `org/name`, or `hf://org/name@revision` (a branch, tag or commit: pinned)
@@ -43,8 +46,20 @@ class DynamicSources:
         if self.roots:
             parts.append("folders under " + ", ".join(str(r) for r in self.roots))
         if self.allow:
-            parts.append("hub ids matching " + ", ".join(self.allow))
+            parts.append("hub ids or object-storage prefixes matching " + ", ".join(self.allow))
         return " or ".join(parts) if parts else "none (only preloaded adapters are served)"
+
+    def _remote(self, source: str) -> str:
+        """An allowed remote source: an object-storage prefix whose URL a `lora_allow` glob matches
+        (`s3://bucket/adapters/*`), else a hub id."""
+        if not is_object_url(source):
+            return self._hub(source)
+        url = source.rstrip("/")
+        if ".." in url.split("/") or "\x00" in url or len(url.split("/", 3)) < 4:
+            raise SourceRefused(f"{source!r} is not a valid object-storage prefix (s3://bucket/prefix)")
+        if not any(fnmatch.fnmatchcase(url, pattern) for pattern in self.allow):
+            raise SourceRefused(f"{url!r} is not on the allow-list ({', '.join(self.allow) or 'none configured'})")
+        return url
 
     def _hub(self, hub_id: str) -> str:
         """An allowed hub id as a source: `org/name`, or `hf://org/name@revision` when pinned (the allow-list
@@ -80,7 +95,7 @@ class DynamicSources:
         if sep and not _FOLDER.match(tenant):
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
         if "/" in name:
-            return self._hub(name)
+            return self._remote(name)
         if name in (".", "..") or name.startswith("~") or not name:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id (path components are refused)")
         for root in self.roots:
@@ -96,7 +111,7 @@ class DynamicSources:
             raise SourceRefused("the source is empty: give a folder under an adapter root or a hub id")
         if source.startswith(("/", ".", "~")) or Path(source).expanduser().exists():
             return self._local(Path(source).expanduser())
-        return self._hub(source)
+        return self._remote(source)
 
 
 @dataclass(frozen=True)

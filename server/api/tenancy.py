@@ -12,7 +12,7 @@ from types import MappingProxyType
 from server import errors
 from server.options import EncodeOptions
 from server.served_model import AdapterAdmin, AdapterCatalog, ServedModel
-from server.tenancy import NAMESPACE_SEP, Scope
+from server.tenancy import Scope, split_namespace
 
 
 def reworded(exc: errors.ServingError, internal: str, shown: str) -> errors.ServingError:
@@ -39,7 +39,7 @@ class ScopedCatalog:
 
     def internal(self, name: str) -> str | None:
         """The registry's name for `name` as this key writes it, or None when the key may not use it."""
-        if NAMESPACE_SEP in name:
+        if split_namespace(name)[0] is not None:  # a namespace is never written by a client
             return None
         own = self.scope.own(name)
         if self.inner.loadable(own):

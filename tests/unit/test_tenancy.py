@@ -100,3 +100,14 @@ def test_a_broken_key_file_at_start_is_a_config_error(tmp_path):
     key_file.write_text("keys: 3\n")
     with pytest.raises(ConfigError, match="'keys' list"):
         KeyRing((), str(key_file))
+
+
+def test_a_urls_scheme_is_no_namespace():
+    from server.tenancy import split_namespace
+
+    assert split_namespace("hf://org/name@v2") == (None, "hf://org/name@v2")
+    assert split_namespace("acme:s3://bucket/legal") == ("acme", "s3://bucket/legal")
+    scope = Scope("acme", adapters=("s3://bucket/*",))
+    assert scope.shown("s3://bucket/legal") == "s3://bucket/legal" and scope.shown("s3://other/x") is None
+    assert scope.shown("acme:s3://bucket/legal") == "s3://bucket/legal"
+    assert scope.shown("globex:hf://org/name@v2") is None
