@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import shutil
 
+import httpx
 import numpy as np
 import torch
 
@@ -97,3 +98,29 @@ def test_an_evicted_adapter_comes_back_from_host_memory_with_the_same_vectors(de
     assert f'sie_adapter_tier{{adapter="travel",model="{config.name}",tier="host"}} 1.0' in scraped
     assert f'sie_adapter_loads_by_tier_total{{model="{config.name}",tier="host"}} 1.0' in scraped
     assert f'sie_adapter_host_bytes{{model="{config.name}"}}' in scraped
+
+
+def test_over_http_with_the_sie_sdk_and_openai_a_reload_from_host_memory_is_counted(demo_config, tmp_path):
+    """The same path as above behind the real server and clients: the SDK waits out each first load, the
+    openai client reads the adapter back from host memory, /metrics counts one load from host."""
+    import openai
+    from sie_sdk import SIEClient
+    from sie_sdk.types import Item
+
+    from server.demo_assets import ensure_builtin
+    from tests.conftest import DEMO_MODEL, LiveServer, build_app
+
+    root = tmp_path / "root"
+    for name in ("retail", "travel"):
+        shutil.copytree(ensure_builtin("builtin:qwen3-tiny/dynamic") / name, root / name)
+    app, _ = build_app(dataclasses.replace(demo_config, lora_roots=(str(root),)), max_loras_per_model=4)
+    with LiveServer(app) as live:
+        with SIEClient(live.url) as client:
+            first = client.encode(DEMO_MODEL, [Item(text="a refund")], options={"lora_id": "retail"})[0]["dense"]
+            client.encode(DEMO_MODEL, [Item(text="a refund")], options={"lora_id": "travel"})  # evicts retail
+            again = client.encode(DEMO_MODEL, [Item(text="a refund")], options={"lora_id": "retail"})[0]["dense"]
+        vector = openai.OpenAI(base_url=f"{live.url}/v1", api_key="none").embeddings.create(
+            model=f"{DEMO_MODEL}:retail", input="a refund").data[0].embedding
+        scraped = httpx.get(f"{live.url}/metrics").text
+    assert np.abs(first - again).max() <= 1e-7 and np.abs(np.asarray(vector) - first).max() <= 1e-6
+    assert f'sie_adapter_loads_by_tier_total{{model="{DEMO_MODEL}",tier="host"}} 1.0' in scraped

@@ -78,6 +78,16 @@ def test_an_adapter_in_s3_serves_the_vectors_and_digest_of_the_same_folder(serve
         medical["provenance"]["adapter_digest"]
 
 
+def test_the_sie_sdk_names_an_s3_adapter_by_its_url(served):
+    from sie_sdk import SIEClient
+    from sie_sdk.types import Item
+
+    with SIEClient(served.url) as client:
+        remote = client.encode(DEMO_MODEL, [Item(text="a lease dispute")], options={"lora_id": f"s3://{BUCKET}/team/legal"})
+        local = client.encode(DEMO_MODEL, [Item(text="a lease dispute")], options={"lora_id": "legal"})
+    assert np.abs(remote[0]["dense"] - local[0]["dense"]).max() <= 1e-6
+
+
 def test_fetched_once_into_the_cache_and_again_when_the_object_changes(s3, demo_dirs):
     from server.object_sources import fetch_adapter
 
