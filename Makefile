@@ -58,8 +58,9 @@ test-soak: venv
 	MLE_TEST_BUSY=4 $(BIN)/python -m pytest -q tests/e2e/test_soak.py tests/e2e/test_shutdown_during_load.py \
 		tests/e2e/test_reliability.py::test_sigterm_drains_then_exits_zero tests/unit/test_close_listener.py
 
-# Single tests of 15 s or more on 2 cores (a fresh node compiling from launch.py warm's file, gpu_check's runs on
-# the CPU), kept out of make test's ten minutes. About 3 minutes on 2 cores.
+# Single tests of 15 s or more on 2 cores (a fresh node compiling from launch.py warm's file, the inductor-compiled
+# forward against PEFT and without graph breaks, the wheel in a fresh venv, gpu_check's runs on the CPU), kept out
+# of make test's ten minutes. About 4 minutes on 2 cores.
 test-long: venv
 	$(BIN)/python -m pytest -q -m long
 

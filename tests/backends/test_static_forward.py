@@ -80,7 +80,7 @@ def test_static_rows_batch_invariance(static_model):
         assert np.abs(alone[0] - batch[index]).max() <= 1e-5
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_compiled_forward_matches_peft_and_sees_later_adapters(demo_config, peft_reference):
     """Compiled at start-up (the warm-up forward: one graph for one row, one for several), then an eviction
     and a reload reuse the compiled code; the vectors stay PEFT's within 1e-5."""

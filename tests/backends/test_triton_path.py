@@ -84,7 +84,7 @@ def test_kernel_path_matches_the_bmm_control_and_is_batch_invariant(kernel_model
         asyncio.run(control.stop())
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_compiled_kernel_path_has_no_graph_break(demo_config, wide_root, kernel_model):
     """torch.compile traces the custom ops and the group's shared shrink in one graph; vectors unchanged."""
     import torch._dynamo.utils

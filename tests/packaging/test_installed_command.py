@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import DEMO_YAML, REPO
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_the_command_works_from_a_wheel_in_a_fresh_venv(tmp_path, demo_dirs):
     dist = tmp_path / "dist"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dist,
