@@ -15,15 +15,16 @@ def shown(hasher) -> str:
     return hasher.hexdigest()[:SHOWN_HEX]
 
 
-def tensors_digest(named: Iterable[tuple[str, float, Iterable[bytes]]]) -> str:
-    """Of (name, scaling, each tensor's bytes) in the order given: the same weights give the same digest
-    wherever they were read from."""
+def tensors_digest(named: Iterable[tuple[str, float, Iterable]]) -> str:
+    """Of (name, scaling, each tensor's contiguous buffer, e.g. a numpy array) in the order given: the same
+    weights give the same digest wherever they were read from. The buffers are hashed in place, not copied."""
     hasher = hashlib.sha256()
-    for name, scaling, blobs in named:
+    for name, scaling, buffers in named:
         hasher.update(f"{name}\0{scaling!r}\0".encode())
-        for blob in blobs:
-            hasher.update(len(blob).to_bytes(8, "little"))
-            hasher.update(blob)
+        for buffer in buffers:
+            view = memoryview(buffer).cast("B")
+            hasher.update(len(view).to_bytes(8, "little"))
+            hasher.update(view)
     return shown(hasher)
 
 

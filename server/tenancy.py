@@ -8,7 +8,6 @@ import fnmatch
 import hashlib
 import logging
 import os
-import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -135,7 +134,6 @@ class KeyRing:
         self._scopes: Mapping[str, Scope] = {}
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
-        self._lock = threading.Lock()
         if key_file:
             self._scopes, self._stamp = self._read()
 
@@ -168,8 +166,7 @@ class KeyRing:
         except (ConfigError, OSError) as exc:
             log.error("key file not reloaded, the keys in force stay: %s", exc)
             return False
-        with self._lock:
-            self._scopes, self._stamp = scopes, stamp
+        self._scopes, self._stamp = scopes, stamp
         log.info("key file reloaded: %d keys", len(scopes))
         return True
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from server.object_sources import is_object_url
+from server.tenancy import split_namespace
 
 _FOLDER = re.compile(r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]{0,127}$")  # a tenant's folder under a root
 # `org/name`, or `hf://org/name@revision` (a branch, tag or commit: pinned)
@@ -89,17 +90,15 @@ class DynamicSources:
         tenant's id `<tenant>:<name>` is the folder `<root>/<tenant>/<name>` (or the hub id `name`)."""
         if "\x00" in lora_id or "\\" in lora_id or len(lora_id) > 200:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
-        tenant, sep, name = lora_id.partition(":")
-        if not sep or name.startswith("//"):  # no tenant (hf://... included)
-            tenant, sep, name = "", "", lora_id
-        if sep and not _FOLDER.match(tenant):
+        tenant, name = split_namespace(lora_id)  # a URL's scheme (hf://, s3://) is no tenant
+        if tenant is not None and not _FOLDER.match(tenant):
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id")
         if "/" in name:
             return self._remote(name)
         if name in (".", "..") or name.startswith("~") or not name:
             raise SourceRefused(f"{lora_id!r} is not a valid adapter id (path components are refused)")
         for root in self.roots:
-            candidate = root / tenant / name if sep else root / name
+            candidate = root / name if tenant is None else root / tenant / name
             if candidate.exists() or candidate.is_symlink():
                 return self._local(candidate)
         return None

@@ -111,28 +111,30 @@ class ScopedModel:
         self.status, self.start, self.stop = inner.status, inner.start, inner.stop
 
     async def encode(self, texts: Sequence[str], options: EncodeOptions):
-        name = options.lora_id
-        if name is None:
+        if options.lora_id is None:
             return await self.inner.encode(texts, options)
-        internal = self.adapters.internal(name)
-        if internal is None:
-            raise self.adapters.unknown(name)
-        try:
-            return await self.inner.encode(texts, dataclasses.replace(options, lora_id=internal))
-        except errors.UnknownAdapter:
-            raise self.adapters.unknown(name) from None
-        except errors.ServingError as exc:
-            raise reworded(exc, internal, name) from None
-
+        names = (options.lora_id,)
+        internal = self._internal(names)
+        return await self._worded(names, internal,
+                                  self.inner.encode(texts, dataclasses.replace(options, lora_id=internal[0])))
 
     async def encode_each(self, texts: Sequence[str], options: EncodeOptions):
-        names = options.lora_ids
-        internal = [None if name is None else self.adapters.internal(name) for name in names]
-        refused = next((name for name, inner in zip(names, internal) if name is not None and inner is None), None)
-        if refused is not None:
-            raise self.adapters.unknown(refused)
+        internal = self._internal(options.lora_ids)
+        return await self._worded(options.lora_ids, internal,
+                                  self.inner.encode_each(texts, dataclasses.replace(options, lora_ids=internal)))
+
+    def _internal(self, names: Sequence[str | None]) -> tuple[str | None, ...]:
+        """Each name's registry name (None, base, stays None); UnknownAdapter for the first the key may not use."""
+        internal = tuple(None if name is None else self.adapters.internal(name) for name in names)
+        for name, inner in zip(names, internal):
+            if name is not None and inner is None:
+                raise self.adapters.unknown(name)
+        return internal
+
+    async def _worded(self, names: Sequence[str | None], internal: Sequence[str | None], work):
+        """`work`, its errors in the key's words."""
         try:
-            return await self.inner.encode_each(texts, dataclasses.replace(options, lora_ids=tuple(internal)))
+            return await work
         except errors.UnknownAdapter as exc:  # gone between the lookup and the lease (an unload): name which
             named = [name for name, inner in zip(names, internal) if inner is not None and repr(inner) in exc.message]
             raise self.adapters.unknown(named[0] if named else next(n for n in names if n is not None)) from None

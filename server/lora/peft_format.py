@@ -53,7 +53,7 @@ class LoraAdapter:
     @classmethod
     def of(cls, name: str, source: str, modules: Mapping[str, LoraModule]) -> LoraAdapter:
         """The adapter with its digest, over the float32 weights in module order."""
-        digest = tensors_digest((path, m.scaling, (m.a.numpy().tobytes(), m.b.numpy().tobytes()))
+        digest = tensors_digest((path, m.scaling, (m.a.numpy(), m.b.numpy()))
                                 for path, m in sorted(modules.items()))
         return cls(name=name, source=source, modules=modules, digest=digest)
 
