@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-peft", action="store_true")
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="the model config's setting")
     parser.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
-    parser.add_argument("--lora-kernels", default="auto", choices=["auto", "triton", "torch"],
-                        help="the static path's LoRA: Triton kernels or the gathered bmm pair (the control)")
+    parser.add_argument("--lora-kernels", default="auto", choices=["auto", "fused", "triton", "torch"],
+                        help="the static path's LoRA: Triton kernels fused into their consumers, the kernels "
+                             "alone, or the gathered bmm pair (the control)")
     parser.add_argument("--json", help="write the report here (and a PNG chart beside it)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -204,6 +205,59 @@ def paired(times: dict, variant: str, base: str) -> float:
     return statistics.median(v / b for v, b in zip(times[variant], times[base])) - 1
 
 
+def linear_shapes(args) -> dict[str, tuple[int, int]]:
+    q, kv = args.heads * args.head_dim, args.kv_heads * args.head_dim
+    return {"q_proj": (args.hidden, q), "k_proj": (args.hidden, kv), "v_proj": (args.hidden, kv),
+            "o_proj": (q, args.hidden), "gate_proj": (args.hidden, args.intermediate),
+            "up_proj": (args.hidden, args.intermediate), "down_proj": (args.intermediate, args.hidden)}
+
+
+GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
+FUSED_CONSUMERS = {"q_proj", "k_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}  # v: a plain expand
+
+
+def lora_bytes(args, targets: list[str], design: str) -> int:
+    """Modelled LoRA bytes per token and layer moved to and from memory over the base forward's (the adapters'
+    own weights, read once per batch, left out): shrinks read their input (once per linear on the
+    `per_linear` paths, the eager segments and the bmm control; once per group with the Triton kernels) and
+    write u in float32, expands read u back and read-modify-write their base output, except where `fused`
+    adds the update inside the op that reads that output anyway."""
+    element = torch.finfo(getattr(torch, args.dtype)).bits // 8
+    shapes, u_bytes = linear_shapes(args), args.rank * 4
+    total = 0
+    for group in GROUPS:
+        members = [name for name in group if name in targets]
+        if not members:
+            continue
+        reads = len(members) if design == "per_linear" else 1
+        total += reads * shapes[members[0]][0] * element + len(members) * u_bytes
+        for name in members:
+            fused = design == "fused" and name in FUSED_CONSUMERS
+            total += u_bytes + (0 if fused else 2 * shapes[name][1] * element)
+    return total
+
+
+def lora_design(served) -> str:
+    static = served.backend._static
+    if static is not None and static.fused is not None:
+        return "fused"
+    return "grouped" if served.backend._plan.ops is not None else "per_linear"
+
+
+def byte_model(args, times: dict, design: str, overheads: dict) -> dict:
+    """Beside each overhead: the modelled LoRA bytes per token and layer, and the bandwidth the measured extra
+    time implies for them (a regression shows as more bytes or fewer GB/s)."""
+    base_s = statistics.median(times["base"])
+    tokens = args.rows * args.tokens * args.layers
+    out = {"design": design}
+    for key, targets in (("overhead_1_qkvo", QKVO), ("overhead_qkvo_mixed8", QKVO), ("overhead_all7_mixed8", ALL7)):
+        modelled = lora_bytes(args, targets, design)
+        extra_s = overheads[key] * base_s
+        out[key] = {"kb_per_token_layer": round(modelled / 1e3, 2),
+                    "implied_gb_s": round(modelled * tokens / extra_s / 1e9, 1) if extra_s > 0 else None}
+    return out
+
+
 def commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -212,7 +266,7 @@ def commit() -> str:
         return "unknown"
 
 
-def report(args, times: dict, shapes: dict) -> dict:
+def report(args, times: dict, shapes: dict, design: str = "per_linear") -> dict:
     many = f"ours_all7_mixed{args.many}"
     tokens = {name: (shapes.get(name, (args.rows, args.tokens))) for name in times}
     result = {
@@ -230,6 +284,7 @@ def report(args, times: dict, shapes: dict) -> dict:
         "torch": torch.__version__,
         "commit": commit(),
     }
+    result["byte_model"] = byte_model(args, times, design, result)
     if "peft_all7_mixed8" in times:
         result["overhead_peft_all7_mixed8"] = paired(times, "peft_all7_mixed8", "base")
         result["overhead_peft_merged1"] = paired(times, "peft_merged1", "base")
@@ -265,8 +320,9 @@ def main(argv=None) -> dict:
         peft_pair = None if args.no_peft else peft_model(args, assets)
         variants, shapes = make_variants(args, assets, model, peft_pair)
         times = measure(variants, args.rounds, args.device)
+        design = lora_design(model)
         asyncio.run(model.backend.close())
-    result = report(args, times, shapes)
+    result = report(args, times, shapes, design)
     text = json.dumps(result, indent=2)
     print(text)
     if args.json:

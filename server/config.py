@@ -23,7 +23,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 POOLINGS = ("auto", "last", "mean", "cls", "splade")
 OUTPUT_TYPES = ("dense", "sparse", "multivector")  # what an encode may ask for (`params.output_types`)
 SWITCHES = ("auto", "on", "off")  # `compile` and `cuda_graphs` (torch backend): auto = on where it pays (CUDA)
-LORA_KERNELS = ("auto", "triton", "torch")  # static path's LoRA: auto = Triton on CUDA when installed
+LORA_KERNELS = ("auto", "fused", "triton", "torch")  # static path's LoRA: auto = fused Triton on CUDA when installed
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
 SGLANG_PASSTHROUGH = frozenset({
     "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",

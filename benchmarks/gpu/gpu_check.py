@@ -7,10 +7,11 @@ ones left, never what later ones are owed):
 2. `serve` (38%): what a user meets: serve_bench's seconds to ready on this fresh node (cold compile), HTTP
    c1x1 and c64x1 against the same requests in process, compile counts at ready and after the load, and
    seconds to ready once more with inductor's cache warm;
-3. `bench` (32%): torch_bench's in-process table with the Triton kernels (the single 256-token query, then
-   64x512 and 16x256), its model configured as the served one so its compile reads the cache;
-4. `ops` (14%): op_bench, one layer's linears with the kernels and with the gathered-bmm control timed by
-   CUDA events (the control without a second model compile), with the modelled LoRA bytes per token.
+3. `bench` (32%): torch_bench's in-process table with the Triton kernels fused into the decoder forward (the
+   single 256-token query, then 64x512 and 16x256, each with its LoRA byte model), its model configured as
+   the served one so its compile reads the cache;
+4. `ops` (14%): op_bench, one layer's linears with the unfused kernels and with the gathered-bmm control timed
+   by CUDA events (the control without a second model compile), with the modelled LoRA bytes per token.
 
 The table (measured / control / goal / pass) is printed after each stage, so a run cut short still shows
 what it measured; `--json` keeps everything, with per-stage seconds and the start-up phases.
@@ -53,6 +54,8 @@ TARGETS = [
     ("single 256-token query, ms", ("bench", "single", "base_ms"), 2.5, "max", None),
     ("one adapter on it, ms over base", ("bench", "single", "adapter_extra_ms"), 0.25, "max", None),
     ("compiles after ready (in process)", ("bench", "recompiles"), 0, "eq", None),
+    ("LoRA KB/token/layer, all seven (bench's model)", ("bench", "big", "lora_kb_all7"), None, "info", None),
+    ("implied LoRA bandwidth, all seven, GB/s", ("bench", "big", "implied_gb_s_all7"), None, "info", None),
     ("layer LoRA overhead, 64x512 (ops)", ("ops", "big", "overhead_triton"), None, "info",
      ("ops", "big", "overhead_bmm")),
     ("LoRA bytes/token/layer (model)", ("ops", "big", "lora_bytes_per_token_layer"), None, "info", None),
@@ -99,7 +102,7 @@ def commands(args, tmp: Path) -> dict[str, tuple[list[str], Path | None]]:
     ops = [py, str(GPU / "op_bench.py"), "--json", str(tmp / "ops.json")]
     if args.smoke:
         serve += [*TINY, "--concurrency", "1,2", "--words", "5,10", "--requests", "4", "--seconds", "5"]
-        bench += [*TINY, "--lora-kernels", "triton", "--device", "cpu", "--grid", "4x16,2x8", "--single-tokens", "8",
+        bench += [*TINY, "--lora-kernels", "fused", "--device", "cpu", "--grid", "4x16,2x8", "--single-tokens", "8",
                   "--rounds", "2"]
         ops += OP_TINY
     else:
@@ -128,7 +131,10 @@ def bench_values(data: dict) -> dict:
     if "compiles_after" in engine:
         values["recompiles"] = engine["compiles_after"] - engine["compiles_at_ready"]
     for role, cell in zip(("big", "small"), data.get("cells", {}).values()):
+        modelled = (cell.get("byte_model") or {}).get("overhead_all7_mixed8") or {}
         values[role] = {"base_tokens_per_s": cell["tokens_per_s"]["base"],
+                        "lora_kb_all7": modelled.get("kb_per_token_layer"),
+                        "implied_gb_s_all7": modelled.get("implied_gb_s"),
                         **{k: v for k, v in cell.items() if k.startswith("overhead_")}}
     if "single" in data:
         ms = data["single"]["median_ms"]

@@ -48,12 +48,16 @@ def shapes(args) -> dict[str, tuple[int, int]]:
 
 
 def lora_bytes_per_token(linear_shapes: dict[str, tuple[int, int]], rank: int, element: int) -> int:
-    """HBM bytes per token the unfused kernels move for one layer: each shrink program reads its input once
-    per member (its grid is rows x tiles x members) and writes u (float32); each expand reads u and reads and
-    writes its base output. Adapter weights stay in L2 across a batch and are left out."""
-    total = 0
-    for fan_in, fan_out in linear_shapes.values():
-        total += fan_in * element + rank * 4  # shrink: the input, u written
+    """HBM bytes per token the kernels (unfused: each expand into its base output) move for one layer: each
+    group's shrink reads its input once (one program per row and tile covers every member) and writes u
+    (float32); each expand reads u and reads and writes its base output. Adapter weights stay in L2 across a
+    batch and are left out. The fused decoder's model is benchmarks/lora_overhead.py's `lora_bytes`."""
+    total, inputs = 0, set()
+    for name, (fan_in, fan_out) in linear_shapes.items():
+        if INPUT_OF[name] not in inputs:
+            inputs.add(INPUT_OF[name])
+            total += fan_in * element  # the group's shrink: its input, once
+        total += rank * 4  # u written
         total += rank * 4 + 2 * fan_out * element  # expand: u read, the output read and written
     return total
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from server.backends import compile_cache
+from server.backends import compile_cache, fused_decoder
 from server.backends.cuda_graphs import GraphPool, plan_buckets, single_row
-from server.backends.hf_model import hidden_states, pooled_forward
+from server.backends.hf_model import hidden_states, pool
 from server.cache import cache_dir
 from server.config import ModelConfig
 from server.lora.plan import BatchPlan
@@ -34,29 +34,31 @@ MIN_LENGTH = 2  # dynamo specialises a size of 1: a one-token batch is padded to
 class EngineChoice:
     """How the torch backend runs: `static_rows` (else the eager segment path), compiled (by dynamo's
     `compiler` backend: inductor when serving), CUDA graphs, and the static path's LoRA as Triton kernels
-    (else the gathered bmm pair)."""
+    (else the gathered bmm pair), `fused` into the engine's own decoder forward where the family has one."""
 
     static_rows: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
     triton_kernels: bool = False
+    fused: bool = False
     compiler: str = "inductor"
 
 
 def choose_engine(config: ModelConfig, device: str, layout: ModelLayout) -> EngineChoice:
     """`auto` compiles on CUDA and captures graphs on CUDA for decoders (an encoder's padding mask makes
     transformers branch on tensor values, which a graph cannot record), with the Triton LoRA kernels when
-    triton is installed. The CPU keeps its eager path (`lora_kernels: triton` there runs Triton's
-    interpreter: for tests, not for speed)."""
+    triton is installed, fused into their consumers (`fused_decoder`) unless `lora_kernels: triton` asks for the
+    kernels alone. The CPU keeps its eager path (`fused` or `triton` there runs Triton's interpreter: for
+    tests, not for speed)."""
     cuda = device.startswith("cuda")
     compiled = config.compile == "on" or (config.compile == "auto" and cuda)
     graphs = cuda and (config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and not layout.encoder))
     if config.cuda_graphs == "on" and not cuda:
         log.warning("%s: cuda_graphs: on has no effect on %s", config.name, device)
-    kernels = config.lora_kernels == "triton" or (
+    kernels = config.lora_kernels in ("fused", "triton") or (
         config.lora_kernels == "auto" and cuda and importlib.util.find_spec("triton") is not None)
     return EngineChoice(static_rows=cuda or compiled or kernels, compiled=compiled, cuda_graphs=graphs,
-                        triton_kernels=kernels)
+                        triton_kernels=kernels, fused=kernels and config.lora_kernels != "triton")
 
 
 def use_compile_cache() -> str:
@@ -94,6 +96,10 @@ class StaticForward:
                  device: str, config: ModelConfig, causal_mask: dict | None = None, cache_artifacts: str = ""):
         self.model, self.layout, self.plan, self.choice, self.name = model, layout, plan, choice, config.name
         self.causal_mask = causal_mask
+        self.fused = None  # fused_decoder.FusedDecoder: the engine's own forward with the fused LoRA ops
+        if choice.fused and plan.ops is not None and fused_decoder.supports(model):
+            self.fused = fused_decoder.FusedDecoder(model, plan, plan.ops)
+            log.info("%s: the fused decoder forward (LoRA inside norms, RoPE and SiLU)", self.name)
         if choice.compiled:
             log.info("%s: compiling the forward (inductor cache: %s)", self.name, use_compile_cache())
             if cache_artifacts:  # into the cache folder just chosen, where the compile will look
@@ -112,7 +118,12 @@ class StaticForward:
         return self.compiler.graphs
 
     def _eager(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return pooled_forward(self.model, ids, lengths, self.layout, self.causal_mask)
+        return pool(self._hidden(ids, lengths), lengths, self.layout.pooling)
+
+    def _hidden(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if self.fused is not None:
+            return self.fused(ids)
+        return hidden_states(self.model, ids, lengths, self.layout, self.causal_mask)
 
     def _compiled(self):
         return torch.compile(self._eager, dynamic=True, backend=self.compiler)
@@ -128,7 +139,7 @@ class StaticForward:
         """The last hidden states under per-row slots, eager (rows asking for sparse or multivector outputs)."""
         self.plan.publish_rows(slots)
         try:
-            return hidden_states(self.model, ids, lengths, self.layout, self.causal_mask)
+            return self._hidden(ids, lengths)
         finally:
             self.plan.clear()
 

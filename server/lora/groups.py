@@ -1,7 +1,8 @@
 """Linears that read the same input (q/k/v, gate/up; query/key/value in encoders) as one group for the
 Triton kernels: one stacked A [slots + 1, members, max_rank, in], whose per-member views are the members'
 own `a` (so installs and the torch paths are unchanged), and each member's rank per slot on the device.
-One `shrink` per group reads the input once; each member then `expand`s into its own base output.
+One `shrink` per group reads the input once; each member then `expand`s into its own base output (or, in the
+fused decoder forward, adds its update inside the op that consumes that output).
 
 The group's tensors are not module buffers, so they are marked static for dynamo: under
 `torch.compile(dynamic=True)` a plain tensor attribute gets symbolic sizes, and duck sizing then ties equal

@@ -6,8 +6,10 @@ programs whose row is at the zero slot (base) or whose adapter leaves that linea
 at once.
 
 - `shrink`: u = x @ A[slot]^T for every member of a group of linears that share their input (q/k/v,
-  gate/up), from one stacked A [slots, members, max_rank, in]. u is float32 whatever the model's dtype:
-  rounding it to bf16 was the larger half of the kernels' bf16 error, and it is a few dozen columns.
+  gate/up), from one stacked A [slots, members, max_rank, in]; one program per (row, token tile)
+  covers every member, so the input is read once per group (the members' columns side by side in one
+  dot). u is float32 whatever the model's dtype: rounding it to bf16 was the larger half of the
+  kernels' bf16 error, and it is a few dozen columns.
 - `expand`: y += u_member @ (scale * B)^T[slot], added in place into the base output, rounded once.
 The width (the model's `max_lora_rank`) is a compile-time constant; each program reads and writes only its
 slot's own rank of it (masked loads: a rank-16 adapter in a rank-64 pool moves rank-16 bytes).
@@ -27,30 +29,33 @@ MIN_BLOCK = 16  # tl.dot needs 16 or more along each dimension
 @triton.jit
 def _shrink_kernel(x_ptr, a_ptr, ranks_ptr, slots_ptr, u_ptr, length, zero_slot, slot_count,
                    stride_xr, stride_xl, stride_as, stride_ag, stride_ar, stride_ur, stride_ul,
-                   K: tl.constexpr, WIDTH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_W: tl.constexpr,
-                   BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
+                   K: tl.constexpr, WIDTH: tl.constexpr, MEMBERS: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr, PRECISION: tl.constexpr):
     row = tl.program_id(0)
     tile = tl.program_id(1)
-    member = tl.program_id(2)
     slot = tl.load(slots_ptr + row)
     if slot == zero_slot:
         return
-    rank = tl.load(ranks_ptr + member * slot_count + slot)
-    if rank == 0:
+    offs_c = tl.arange(0, BLOCK_C)  # every member's columns side by side: one x tile feeds them all
+    member = offs_c // WIDTH
+    within = offs_c % WIDTH
+    in_group = offs_c < MEMBERS * WIDTH
+    ranks = tl.load(ranks_ptr + member * slot_count + slot, mask=in_group, other=0)
+    if tl.max(ranks, axis=0) == 0:
         return
+    live = in_group & (within < ranks)
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_w = tl.arange(0, BLOCK_W)
     offs_k = tl.arange(0, BLOCK_K)
     x_rows = x_ptr + row * stride_xr + offs_m[:, None] * stride_xl
-    a_cols = a_ptr + slot * stride_as + member * stride_ag + offs_w[None, :] * stride_ar
-    acc = tl.zeros((BLOCK_M, BLOCK_W), dtype=tl.float32)
+    a_cols = a_ptr + slot * stride_as + member[None, :] * stride_ag + within[None, :] * stride_ar
+    acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         xt = tl.load(x_rows + ks[None, :], mask=(offs_m[:, None] < length) & (ks[None, :] < K), other=0.0)
-        at = tl.load(a_cols + ks[:, None], mask=(offs_w[None, :] < rank) & (ks[:, None] < K), other=0.0)
+        at = tl.load(a_cols + ks[:, None], mask=live[None, :] & (ks[:, None] < K), other=0.0)
         acc += tl.dot(xt, at, input_precision=PRECISION)
-    u_out = u_ptr + row * stride_ur + offs_m[:, None] * stride_ul + member * WIDTH + offs_w[None, :]
-    tl.store(u_out, acc, mask=(offs_m[:, None] < length) & (offs_w[None, :] < rank))
+    u_out = u_ptr + row * stride_ur + offs_m[:, None] * stride_ul + offs_c[None, :]
+    tl.store(u_out, acc, mask=(offs_m[:, None] < length) & live[None, :])
 
 
 @triton.jit
@@ -101,11 +106,13 @@ def shrink(x: torch.Tensor, a: torch.Tensor, ranks: torch.Tensor, row_slots: tor
     members = a.shape[1]
     x = x.contiguous()
     u = x.new_empty((rows, length, members * width), dtype=torch.float32)
-    grid = (rows, triton.cdiv(length, BLOCK_M), members)
+    grid = (rows, triton.cdiv(length, BLOCK_M))
     _shrink_kernel[grid](x, a, ranks, row_slots, u, length, zero_slot, ranks.shape[1],
                          x.stride(0), x.stride(1), a.stride(0), a.stride(1), a.stride(2), u.stride(0), u.stride(1),
-                         K=features, WIDTH=width, BLOCK_M=BLOCK_M, BLOCK_W=_block(width, width),
-                         BLOCK_K=_block(features, 64), PRECISION=_precision(x.dtype))
+                         K=features, WIDTH=width, MEMBERS=members, BLOCK_M=BLOCK_M,
+                         BLOCK_C=_block(members * width, triton.next_power_of_2(members * width)),
+                         BLOCK_K=_block(features, 64),
+                         PRECISION=_precision(x.dtype))
     return u
 
 

@@ -55,12 +55,14 @@ def test_engine_choice_by_device_and_setting(demo_config):
     decoder, encoder = ModelLayout(False, "last", None), ModelLayout(True, "cls", None)
     kernels = importlib.util.find_spec("triton") is not None  # auto: Triton on CUDA when installed
     assert choose_engine(demo_config, "cpu", decoder) == EngineChoice()
-    assert choose_engine(demo_config, "cuda", decoder) == EngineChoice(True, True, True, kernels)
-    assert choose_engine(demo_config, "cuda", encoder) == EngineChoice(True, True, False, kernels)
+    assert choose_engine(demo_config, "cuda", decoder) == EngineChoice(True, True, True, kernels, kernels)
+    assert choose_engine(demo_config, "cuda", encoder) == EngineChoice(True, True, False, kernels, kernels)
     off = dataclasses.replace(demo_config, compile="off", cuda_graphs="off", lora_kernels="torch")
     assert choose_engine(off, "cuda:1", decoder) == EngineChoice(static_rows=True)
     assert choose_engine(dataclasses.replace(demo_config, lora_kernels="triton"), "cpu", decoder) == \
         EngineChoice(static_rows=True, triton_kernels=True)
+    assert choose_engine(dataclasses.replace(demo_config, lora_kernels="fused"), "cpu", decoder) == \
+        EngineChoice(static_rows=True, triton_kernels=True, fused=True)
     assert choose_engine(dataclasses.replace(demo_config, compile="on"), "cpu", decoder) == \
         EngineChoice(static_rows=True, compiled=True)
 

@@ -28,6 +28,24 @@ def test_lora_overhead_smoke(tmp_path):
         assert key in result, key
     assert json.loads(out.read_text())["config"]["many"] == 20
     assert out.with_suffix(".png").stat().st_size > 1000
+    modelled = result["byte_model"]  # the eager CPU path reads each linear's input and writes its output
+    assert modelled["design"] == "per_linear" and modelled["overhead_all7_mixed8"]["kb_per_token_layer"] > 0
+
+
+def test_lora_byte_model_at_06b_shapes():
+    """The issue's figures: about 68-70 KB per token and layer for all seven linears with the unfused kernels;
+    the fused forward leaves the shrinks' input reads, u, and v's expand."""
+    bench = load("lora_overhead")
+    args = bench.parse_args(["--dtype", "bfloat16"])
+    assert bench.lora_bytes(args, bench.ALL7, "per_linear") == 70528
+    inputs, u_written_and_read, v_expand = 2 * (1024 + 2048 + 1024 + 3072), 2 * 7 * 16 * 4, 2 * 1024 * 2
+    assert bench.lora_bytes(args, bench.ALL7, "fused") == inputs + u_written_and_read + v_expand == 19328
+    assert bench.lora_bytes(args, bench.QKVO, "fused") < bench.lora_bytes(args, bench.QKVO, "grouped") / 2
+
+
+def test_launches_smoke():
+    result = load("launches").main()
+    assert all(counts["fused"]["per_layer"] < counts["kernels_alone"]["per_layer"] for counts in result.values())
 
 
 def test_serve_load_smoke(demo_server, tmp_path):
@@ -83,10 +101,11 @@ def test_gpu_op_bench_smoke():
                                                       "1", "--repeats", "1"])
     cell = report["cells"]["2x16"]
     assert cell["median_us"]["base"] > 0 and "overhead_triton" in cell and "overhead_bmm" in cell
-    # shrink: input + u (float32); expand: u + the output read and written; q 64->64, k/v 64->32, o 64->64,
-    # gate/up 64->128, down 128->64, rank 16, 4-byte elements
-    per_linear = [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)]
-    assert cell["lora_bytes_per_token_layer"] == sum(i * 4 + 64 + 64 + 2 * o * 4 for i, o in per_linear)
+    # shrink: each group's input once (q/k/v 64, o 64, gate/up 64, down 128) + u (float32) per member; expand:
+    # u + the output read and written; q 64->64, k/v 64->32, o 64->64, gate/up 64->128, down 128->64, rank 16
+    group_inputs = (64 + 64 + 64 + 128) * 4
+    outputs = [64, 32, 32, 64, 128, 128, 64]
+    assert cell["lora_bytes_per_token_layer"] == group_inputs + sum(64 + 64 + 2 * o * 4 for o in outputs)
 
 
 @pytest.mark.long

@@ -4,7 +4,8 @@ compiled and graph-replayed forwards against the eager one, two compiles and eve
 single-row ones before ready), adapters installed and evicted in place while graphs exist (a replayed graph
 serves the weights installed after its capture), and the Triton LoRA kernels judged against an fp32
 reference: per row no further from it than the gathered-bmm control or PEFT in bf16 are (plus 2e-5), at
-0.6B shapes op by op against float64, and equal to PEFT in fp32 (1e-5)."""
+0.6B shapes op by op against float64, and equal to PEFT in fp32 (1e-5); the fused decoder forward likewise, and in
+bf16 at 0.6B layer shapes against PEFT in fp32."""
 
 from __future__ import annotations
 
@@ -91,7 +92,9 @@ def cosines(a, b):
 
 def test_cuda_defaults_compile_twice_and_capture_every_bucket(gpu_model):
     static = gpu_model.backend._static
-    assert static.choice == EngineChoice(static_rows=True, compiled=True, cuda_graphs=True, triton_kernels=True)
+    assert static.choice == EngineChoice(static_rows=True, compiled=True, cuda_graphs=True, triton_kernels=True,
+                                         fused=True)
+    assert static.fused is not None  # the demo Qwen3 runs the fused decoder forward
     assert static.graphs is not None and all(b in static.graphs.graphs for b in static.graphs.buckets if b.rows == 1)
     deadline = time.monotonic() + 120
     while static.graphs.pending() and time.monotonic() < deadline:  # the rest, captured between batches
@@ -212,9 +215,10 @@ def test_kernels_at_06b_shapes_against_float64():
     assert all(kernel_errors[leaf] <= errors[leaf] + 2 ** -9 for leaf in errors), (kernel_errors, errors)
 
 
-def test_fp32_kernels_match_peft(demo_config, demo_dirs):
+@pytest.mark.parametrize("kernels", ["triton", "fused"])
+def test_fp32_kernels_match_peft(demo_config, demo_dirs, kernels):
     model = loaded_model(dataclasses.replace(demo_config, dtype="float32", compile="off", cuda_graphs="off",
-                                             lora_kernels="triton"), device="cuda")
+                                             lora_kernels=kernels), device="cuda")
     try:
         rows = model.tokenizer.tokenize(TEXTS * len(ADAPTERS)).input_ids
         names = [a for a in ADAPTERS for _ in TEXTS]
@@ -222,3 +226,13 @@ def test_fp32_kernels_match_peft(demo_config, demo_dirs):
         assert np.abs(ours - unit(peft_vectors(demo_dirs, rows, names, torch.float32))).max() <= 1e-5
     finally:
         asyncio.run(model.backend.close())
+
+
+@pytest.mark.parametrize("family", ["qwen3", "llama"])
+def test_fused_forward_bf16_is_as_close_to_fp32_as_peft_bf16(family, tmp_path):
+    """The fused decoder in bf16 at Qwen3-Embedding-0.6B layer shapes (2 layers, mixed adapters and ranks, base
+    rows) against PEFT in fp32, per real token no further from it than PEFT in bf16 is (plus 2e-5)."""
+    from tests.backends.test_fused_decoder import check_half_against_fp32
+
+    check_half_against_fp32(family, tmp_path, torch.bfloat16, "cuda", vocab=4096, hidden_size=1024,
+                            intermediate_size=3072, num_attention_heads=16, num_key_value_heads=8, head_dim=128)
