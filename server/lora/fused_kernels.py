@@ -30,6 +30,16 @@ def _lora_rank(ranks_ptr, slots_ptr, row, zero_slot, slot_count, member, HAS_LOR
 
 
 @triton.jit
+def _update(u_cols, b_rows, rank, offs_m, offs_n, offs_w, length, stride_br, N: tl.constexpr,
+            PRECISION: tl.constexpr):
+    """u[tile, :rank] @ B^T[:rank, cols] in float32 (u's member columns and the slot's B^T already offset)."""
+    ut = tl.load(u_cols + offs_w[None, :], mask=(offs_m[:, None] < length) & (offs_w[None, :] < rank), other=0.0)
+    bt = tl.load(b_rows + offs_w[:, None] * stride_br + offs_n[None, :],
+                 mask=(offs_w[:, None] < rank) & (offs_n[None, :] < N), other=0.0)
+    return tl.dot(ut, bt.to(tl.float32), input_precision=PRECISION)
+
+
+@triton.jit
 def _gate_up_kernel(g_ptr, p_ptr, h_ptr, u_ptr, btg_ptr, btp_ptr, ranks_ptr, slots_ptr, length, zero_slot,
                     slot_count, member_g, member_p, stride_gr, stride_gl, stride_hr, stride_hl, stride_ur,
                     stride_ul, stride_bs, stride_br, N: tl.constexpr, WIDTH: tl.constexpr,
@@ -46,18 +56,12 @@ def _gate_up_kernel(g_ptr, p_ptr, h_ptr, u_ptr, btg_ptr, btp_ptr, ranks_ptr, slo
     u_rows = u_ptr + row * stride_ur + offs_m[:, None] * stride_ul
     slot, rank = _lora_rank(ranks_ptr, slots_ptr, row, zero_slot, slot_count, member_g, HAS_G)
     if rank > 0:
-        ut = tl.load(u_rows + member_g * WIDTH + offs_w[None, :], mask=(offs_m[:, None] < length)
-                     & (offs_w[None, :] < rank), other=0.0)
-        bt = tl.load(btg_ptr + slot * stride_bs + offs_w[:, None] * stride_br + offs_n[None, :],
-                     mask=(offs_w[:, None] < rank) & (offs_n[None, :] < N), other=0.0)
-        g += tl.dot(ut, bt.to(tl.float32), input_precision=PRECISION)
+        g += _update(u_rows + member_g * WIDTH, btg_ptr + slot * stride_bs, rank, offs_m, offs_n, offs_w, length,
+                     stride_br, N, PRECISION)
     slot, rank = _lora_rank(ranks_ptr, slots_ptr, row, zero_slot, slot_count, member_p, HAS_P)
     if rank > 0:
-        ut = tl.load(u_rows + member_p * WIDTH + offs_w[None, :], mask=(offs_m[:, None] < length)
-                     & (offs_w[None, :] < rank), other=0.0)
-        bt = tl.load(btp_ptr + slot * stride_bs + offs_w[:, None] * stride_br + offs_n[None, :],
-                     mask=(offs_w[:, None] < rank) & (offs_n[None, :] < N), other=0.0)
-        p += tl.dot(ut, bt.to(tl.float32), input_precision=PRECISION)
+        p += _update(u_rows + member_p * WIDTH, btp_ptr + slot * stride_bs, rank, offs_m, offs_n, offs_w, length,
+                     stride_br, N, PRECISION)
     h = g / (1.0 + tl.exp(-g)) * p
     h_at = h_ptr + row * stride_hr + offs_m[:, None] * stride_hl + offs_n[None, :]
     tl.store(h_at, h.to(h_ptr.dtype.element_ty), mask=inside)
