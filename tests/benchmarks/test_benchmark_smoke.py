@@ -116,7 +116,7 @@ def test_gpu_check_smoke(tmp_path):
     report = load("gpu_check", "benchmarks/gpu").main(["--smoke", "--json", str(out)])
     assert list(report["stages"]) == ["tests", "serve", "bench", "ops"]
     assert all(stage["status"] == "ok" for stage in report["stages"].values()), report["stages"]
-    assert len(report["table"]) == 16 and all(row["pass"] == "n/a (smoke)" for row in report["table"])
+    assert len(report["table"]) == 18 and all(row["pass"] == "n/a (smoke)" for row in report["table"])
     values = report["values"]
     assert values["bench"]["big"]["overhead_all7_mixed8"] is not None and values["bench"]["single"]["base_ms"] > 0
     assert values["serve"]["c1_i1"]["p50_ms"] > 0 and values["serve"]["ready_s"] > 0
