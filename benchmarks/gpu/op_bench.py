@@ -12,10 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: the shared shapes and byte model
+from lora_overhead import ALL7, lora_bytes  # noqa: E402
+from lora_overhead import linear_shapes as shapes
 
 # The input each linear reads, as in the model: q/k/v share one, gate/up another (one shrink per group).
 INPUT_OF = {"q_proj": "attention", "k_proj": "attention", "v_proj": "attention", "o_proj": "heads",
@@ -38,28 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="bfloat16")
     parser.add_argument("--json")
     return parser.parse_args(argv)
-
-
-def shapes(args) -> dict[str, tuple[int, int]]:
-    q, kv = args.heads * args.head_dim, args.kv_heads * args.head_dim
-    return {"q_proj": (args.hidden, q), "k_proj": (args.hidden, kv), "v_proj": (args.hidden, kv),
-            "o_proj": (q, args.hidden), "gate_proj": (args.hidden, args.intermediate),
-            "up_proj": (args.hidden, args.intermediate), "down_proj": (args.intermediate, args.hidden)}
-
-
-def lora_bytes_per_token(linear_shapes: dict[str, tuple[int, int]], rank: int, element: int) -> int:
-    """HBM bytes per token the kernels (unfused: each expand into its base output) move for one layer: each
-    group's shrink reads its input once (one program per row and tile covers every member) and writes u
-    (float32); each expand reads u and reads and writes its base output. Adapter weights stay in L2 across a
-    batch and are left out. The fused decoder's model is benchmarks/lora_overhead.py's `lora_bytes`."""
-    total, inputs = 0, set()
-    for name, (fan_in, fan_out) in linear_shapes.items():
-        if INPUT_OF[name] not in inputs:
-            inputs.add(INPUT_OF[name])
-            total += fan_in * element  # the group's shrink: its input, once
-        total += rank * 4  # u written
-        total += rank * 4 + 2 * fan_out * element  # expand: u read, the output read and written
-    return total
 
 
 def build_layer(args):
@@ -133,8 +116,7 @@ def measure_shape(args, layers, plan, ops, rows: int, tokens: int) -> dict:
         for name in order:
             times[name].append(time_of(variants[name], args.repeats))
     plan.clear()
-    element = torch.finfo(dtype).bits // 8
-    moved = lora_bytes_per_token(shapes(args), args.rank, element) * rows * tokens
+    moved = lora_bytes(args, ALL7, "grouped") * rows * tokens  # the kernels alone: one input read per group
     result = {"median_us": {n: round(statistics.median(t) * 1e6, 1) for n, t in times.items()},
               "lora_bytes_per_token_layer": moved // (rows * tokens)}
     for name in ("triton", "bmm"):
