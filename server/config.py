@@ -24,6 +24,7 @@ POOLINGS = ("auto", "last", "mean", "cls", "splade")
 OUTPUT_TYPES = ("dense", "sparse", "multivector")  # what an encode may ask for (`params.output_types`)
 SWITCHES = ("auto", "on", "off")  # `compile` and `cuda_graphs` (torch backend): auto = on where it pays (CUDA)
 LORA_KERNELS = ("auto", "fused", "triton", "torch")  # static path's LoRA: auto = fused Triton on CUDA when installed
+CPU_LINEARS = ("auto", "onednn", "torch")  # eager CPU path's linears: auto = oneDNN with prepacked weights
 # Keys passed through to SGLang's Engine unchanged (sglang backend only).
 SGLANG_PASSTHROUGH = frozenset({
     "mem_fraction_static", "context_length", "tp_size", "dp_size", "lora_backend",
@@ -116,6 +117,7 @@ class ModelConfig:
     cuda_graph_max_rows: int = 64  # the CUDA graph buckets: powers of two in rows and length up to these
     cuda_graph_max_tokens: int = 8192  # (past them a batch is compute-bound and launches no longer matter)
     lora_kernels: str = "auto"
+    cpu_linears: str = "auto"
     lora_roots: tuple[str, ...] = ()
     lora_allow: tuple[str, ...] = ()
     adapters: AdapterOptions = field(default_factory=AdapterOptions)
@@ -132,6 +134,8 @@ class ModelConfig:
         _require(where, self.max_seq_len >= 2, "'max_seq_len' must be >= 2")
         _require(where, self.lora_kernels in LORA_KERNELS, f"'lora_kernels' must be one of {LORA_KERNELS}, "
                                                            f"got {self.lora_kernels!r}")
+        _require(where, self.cpu_linears in CPU_LINEARS, f"'cpu_linears' must be one of {CPU_LINEARS}, "
+                                                         f"got {self.cpu_linears!r}")
         for key in ("compile", "cuda_graphs"):
             _require(where, getattr(self, key) in SWITCHES, f"'{key}' must be one of {SWITCHES}, "
                                                             f"got {getattr(self, key)!r}")

@@ -34,13 +34,15 @@ MIN_LENGTH = 2  # dynamo specialises a size of 1: a one-token batch is padded to
 class EngineChoice:
     """How the torch backend runs: `static_rows` (else the eager segment path), compiled (by dynamo's
     `compiler` backend: inductor when serving), CUDA graphs, and the static path's LoRA as Triton kernels
-    (else the gathered bmm pair), `fused` into the engine's own decoder forward where the family has one."""
+    (else the gathered bmm pair), `fused` into the engine's own decoder forward where the family has one;
+    the eager CPU path's linears through oneDNN with prepacked weights (`packed_linears`)."""
 
     static_rows: bool = False
     compiled: bool = False
     cuda_graphs: bool = False
     triton_kernels: bool = False
     fused: bool = False
+    packed_linears: bool = False
     compiler: str = "inductor"
 
 
@@ -49,7 +51,8 @@ def choose_engine(config: ModelConfig, device: str, layout: ModelLayout) -> Engi
     transformers branch on tensor values, which a graph cannot record), with the Triton LoRA kernels when
     triton is installed, fused into their consumers (`fused_decoder`) unless `lora_kernels: triton` asks for the
     kernels alone. The CPU keeps its eager path (`fused` or `triton` there runs Triton's interpreter: for
-    tests, not for speed)."""
+    tests, not for speed); its linears run through oneDNN with weights packed at load unless `cpu_linears:
+    torch` asks for torch's own (`packed_linears`)."""
     cuda = device.startswith("cuda")
     compiled = config.compile == "on" or (config.compile == "auto" and cuda)
     graphs = cuda and (config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and not layout.encoder))
@@ -57,8 +60,17 @@ def choose_engine(config: ModelConfig, device: str, layout: ModelLayout) -> Engi
         log.warning("%s: cuda_graphs: on has no effect on %s", config.name, device)
     kernels = config.lora_kernels in ("fused", "triton") or (
         config.lora_kernels == "auto" and cuda and importlib.util.find_spec("triton") is not None)
-    return EngineChoice(static_rows=cuda or compiled or kernels, compiled=compiled, cuda_graphs=graphs,
-                        triton_kernels=kernels, fused=kernels and config.lora_kernels != "triton")
+    static = cuda or compiled or kernels
+    packed = not static and config.cpu_linears != "torch" and onednn_available()
+    if config.cpu_linears == "onednn" and not packed:
+        log.warning("%s: cpu_linears: onednn has no effect here (%s)", config.name,
+                    "the static path" if static else "torch has no oneDNN")
+    return EngineChoice(static_rows=static, compiled=compiled, cuda_graphs=graphs, triton_kernels=kernels,
+                        fused=kernels and config.lora_kernels != "triton", packed_linears=packed)
+
+
+def onednn_available() -> bool:
+    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def use_compile_cache() -> str:

@@ -27,6 +27,7 @@ from server.backends.hf_model import (
     shapes_of,
 )
 from server.backends.output_heads import OutputHeads, load_heads, row_outputs
+from server.backends.packed_linears import pack_linears
 from server.backends.static_forward import EngineChoice, StaticForward, choose_engine
 from server.config import ModelConfig, ServerSettings
 from server.lora.mixed_linear import install_adapter, pool_bytes, remove_adapter, wrap_linears
@@ -95,6 +96,9 @@ class TorchBackend(Backend):
         engine = self._engine or choose_engine(self.config, self.device, self.layout)
         if engine.triton_kernels:
             self._use_kernels()
+        if engine.packed_linears:
+            packed = pack_linears(model, always=self.config.cpu_linears == "onednn")
+            log.info("%s: %d linears through oneDNN, packed", self.config.name, packed)
         if engine.static_rows:
             self._plan.width = self.config.adapters.max_lora_rank  # fixed: no install changes a compiled shape
             self._static = StaticForward(model, self.layout, self._plan, engine, device=self.device,

@@ -11,7 +11,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from server.backends.static_forward import EngineChoice, choose_engine
+from server.backends.static_forward import EngineChoice, choose_engine, onednn_available
 from server.backends.torch_backend import TorchBackend
 from server.config import ServerSettings
 from server.local_model import LocalModel
@@ -54,7 +54,9 @@ def static_model(demo_config, demo_dirs):
 def test_engine_choice_by_device_and_setting(demo_config):
     decoder, encoder = ModelLayout(False, "last", None), ModelLayout(True, "cls", None)
     kernels = importlib.util.find_spec("triton") is not None  # auto: Triton on CUDA when installed
-    assert choose_engine(demo_config, "cpu", decoder) == EngineChoice()
+    packed = onednn_available()  # the eager CPU path's linears: oneDNN, packed, unless asked for torch's
+    assert choose_engine(demo_config, "cpu", decoder) == EngineChoice(packed_linears=packed)
+    assert choose_engine(dataclasses.replace(demo_config, cpu_linears="torch"), "cpu", decoder) == EngineChoice()
     assert choose_engine(demo_config, "cuda", decoder) == EngineChoice(True, True, True, kernels, kernels)
     assert choose_engine(demo_config, "cuda", encoder) == EngineChoice(True, True, False, kernels, kernels)
     off = dataclasses.replace(demo_config, compile="off", cuda_graphs="off", lora_kernels="torch")

@@ -149,3 +149,26 @@ def test_multi_output_smoke(tmp_path):
 def test_host_tier_smoke():
     result = load("host_tier").main(["--rounds", "2", "--layers", "1"])
     assert set(result["served_demo_s"]) == {"disk", "host"} and result["shaped_adapter_s"]["bytes"] > 0
+
+
+def test_request_path_smoke(tmp_path):
+    out = tmp_path / "path.json"
+    result = load("request_path").main(["--config", str(REPO / "model_configs" / "demo.yaml"), "--model",
+                                        "demo/qwen3-tiny", "--rounds", "2", "--json", str(out)])
+    assert {"stream_served_minus_own_forward_ms", "settled_served_minus_our_forward_ms"} <= set(result["summary"])
+    assert "served over HTTP (client included)" in json.loads(out.read_text())["stream_medians_ms"]
+
+
+def test_side_by_side_smoke(demo_server):
+    """The demo server on both sides (SIE's server is not installed here): the table and its ratios."""
+    result = load("side_by_side").main(["--url", demo_server.url, "--other", demo_server.url, "--model",
+                                        "demo/qwen3-tiny", "--rounds", "2", "--sequential", "3", "--cells", "2x2",
+                                        "--requests", "4", "--seconds", "5"])
+    assert set(result["cells"]) == {"c1x1_p50_ms", "c2x2_items_per_s"}
+    assert all(len(cell["ratios"]) == 2 and cell["speed_ratio"] > 0 for cell in result["cells"].values())
+
+
+def test_cpu_linears_smoke():
+    result = load("cpu_linears").main(["--config", str(REPO / "model_configs" / "demo.yaml"), "--tokens", "4",
+                                       "--rounds", "1"])
+    assert result["linears"] and set(result["forward_ms"]) == {"packed", "torch"}
