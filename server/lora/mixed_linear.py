@@ -51,7 +51,7 @@ class MixedLoraLinear(nn.Module):
         self.group = None  # lora/groups.LoraGroup on the Triton kernel path: its `a` is a view of the group's
         self.member = 0
         self.packed: torch.Tensor | None = None  # the base weight packed for oneDNN (lora/packed_matmul),
-        self.packed_from = 0  # used for inputs of at least this many elements
+        self.packed_from = 1  # used for inputs of at least this many elements
 
     @property
     def in_features(self) -> int:

@@ -31,8 +31,8 @@ def pack_weight(weight: torch.Tensor) -> torch.Tensor:
 
 
 def smallest_input(out_features: int, always: bool) -> int:
-    """The fewest input elements (tokens x in) a call needs to run packed."""
-    return 0 if always else -(-CROSSOVER_MACS // out_features)
+    """The fewest input elements (tokens x in) a call needs to run packed (an empty call never is)."""
+    return 1 if always else -(-CROSSOVER_MACS // out_features)
 
 
 def row_bucket(rows: int) -> int:

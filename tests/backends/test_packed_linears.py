@@ -55,7 +55,7 @@ def test_packed_equals_peft_and_torch_linears(demo_config, demo_dirs, peft_refer
     try:
         modules = list(packed_model.backend.model.modules())
         wrapped = [m for m in modules if isinstance(m, MixedLoraLinear)]
-        assert wrapped and all(m.packed is not None and m.packed_from == 0 for m in wrapped)
+        assert wrapped and all(m.packed is not None and m.packed_from == 1 for m in wrapped)
         assert not any(type(m) is nn.Linear for m in modules if all(m is not w.base for w in wrapped))
         assert not any(m.packed is not None for m in control.backend.model.modules()
                        if isinstance(m, MixedLoraLinear))
@@ -79,7 +79,9 @@ def test_calls_below_the_crossover_keep_torch_linear():
         assert packed.packed_from == CROSSOVER_MACS // 64
         assert torch.equal(packed(small), F.linear(small, linear.weight, linear.bias))  # the same call exactly
         assert (packed(large) - F.linear(large, linear.weight, linear.bias)).abs().max() <= 1e-5
-        assert PackedLinear(linear, always=True).packed_from == 0
+        assert PackedLinear(linear, always=True).packed_from == 1
+        empty = torch.zeros(0, 64)
+        assert PackedLinear(linear, always=True)(empty).shape == (0, 64)
 
 
 def test_untargeted_linears_are_packed_and_agree():
